@@ -1,0 +1,21 @@
+"""adaptbench's engine: registries, ``adapt``, training, measurement, results and the CLI.
+
+Public API::
+
+    import harness
+    model = timm.create_model("vit_base_patch16_224", pretrained=True)
+    harness.adapt(model, "lora")                     # patches the timm ViT in place and returns it
+
+    @harness.register_method("my_method")            # a plugin: one file, loaded with --plugins
+    def my_method(model, compression=None): ...
+"""
+from .adapt import adapt, merge_for_inference, set_trainable
+from .backbones import create_backbone, lora_rank_for  # importing it registers the micro ViTs with timm
+from .data import ArrayDataset, ImageListDataset, TaskData
+from .errors import RunFailed, UserError
+from .registry import load_plugins, register_method, register_task
+
+__all__ = [
+    "adapt", "merge_for_inference", "set_trainable", "create_backbone", "lora_rank_for", "ArrayDataset",
+    "ImageListDataset", "TaskData", "RunFailed", "UserError", "load_plugins", "register_method", "register_task",
+]

@@ -1,0 +1,135 @@
+"""Backbones: the micro ViTs registered with timm, the known timm ViTs, and ``create_backbone``.
+
+The micro ViTs are plain timm ``VisionTransformer`` instances at 32x32 input with patch 4 (64 patch tokens plus
+a class token, so token merging has tokens to merge). Their widths keep ViT-S/ViT-B's ratio (half the width,
+half the heads, same head size and depth), so the micro pair mirrors the big pair on a CPU.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+
+from .errors import UserError
+
+# LoRA ranks PYRA uses, keyed by embedding width (ViT-S, ViT-B, ViT-L; DeiT-S/B share the widths).
+_PYRA_LORA_RANKS = {384: 4, 768: 8, 1024: 12}
+
+
+def lora_rank_for(embed_dim: int) -> int:
+    """PYRA's rank for ViT-S/B/L widths; otherwise about one rank per 96 channels (PYRA's own ratio), at least 4
+    so that micro backbones keep enough capacity to adapt."""
+    return _PYRA_LORA_RANKS.get(embed_dim, max(4, round(embed_dim / 96)))
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """A backbone adaptbench knows by name: its family and size order (for small-model baselines)."""
+
+    name: str
+    family: str
+    size_rank: int  # larger is bigger within a family
+    description: str
+
+
+KNOWN_BACKBONES: dict[str, BackboneInfo] = {info.name: info for info in (
+    BackboneInfo("vit_micro_small_patch4_32", "micro", 0,
+                 "micro ViT-S-like: 32x32, patch 4, dim 48, 3 heads, depth 12 (offline, CPU)"),
+    BackboneInfo("vit_micro_base_patch4_32", "micro", 1,
+                 "micro ViT-B-like: 32x32, patch 4, dim 96, 6 heads, depth 12 (offline default, CPU)"),
+    BackboneInfo("vit_small_patch16_224.augreg_in21k", "vit", 0, "ViT-S/16 ImageNet-21k (timm hub weights)"),
+    BackboneInfo("vit_base_patch16_224.orig_in21k", "vit", 1,
+                 "ViT-B/16 Google ImageNet-21k, PYRA's backbone (timm hub weights)"),
+    BackboneInfo("vit_large_patch16_224.orig_in21k", "vit", 2,
+                 "ViT-L/16 Google ImageNet-21k, PYRA's backbone (timm hub weights)"),
+)}
+
+
+def _micro_cfg() -> dict:
+    return dict(num_classes=0, input_size=(3, 32, 32), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                first_conv="patch_embed.proj", classifier="head", license="apache-2.0")
+
+
+default_cfgs = generate_default_cfgs({
+    "vit_micro_small_patch4_32": _micro_cfg(),
+    "vit_micro_base_patch4_32": _micro_cfg(),
+})
+
+
+def _create_micro_vit(variant: str, pretrained: bool, **kwargs) -> VisionTransformer:
+    return build_model_with_cfg(VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                **kwargs)
+
+
+@register_model
+def vit_micro_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Micro ViT-S-like backbone for 32x32 images (dim 48, 3 heads, depth 12)."""
+    args = dict(img_size=32, patch_size=4, embed_dim=48, depth=12, num_heads=3)
+    return _create_micro_vit("vit_micro_small_patch4_32", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vit_micro_base_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Micro ViT-B-like backbone for 32x32 images (dim 96, 6 heads, depth 12)."""
+    args = dict(img_size=32, patch_size=4, embed_dim=96, depth=12, num_heads=6)
+    return _create_micro_vit("vit_micro_base_patch4_32", pretrained, **dict(args, **kwargs))
+
+
+def has_pretrained_weights(name: str) -> bool:
+    """Whether timm knows where to find weights for ``name`` (hub id, URL or local file)."""
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    return bool(cfg and cfg.has_weights)
+
+
+@functools.lru_cache(maxsize=None)
+def check_backbone_name(name: str) -> None:
+    """Refuse names timm does not know and models that are not ViTs, before any run starts."""
+    arch, _ = timm.models.split_model_name_tag(name)
+    if not timm.is_model(arch):
+        known = ", ".join(KNOWN_BACKBONES)
+        raise UserError(f"unknown backbone '{name}'; known backbones: {known} (or any timm VisionTransformer name)")
+    with torch.device("meta"):  # shapes only: no memory, no weights
+        model = timm.create_model(arch, pretrained=False)
+    if not isinstance(model, VisionTransformer):
+        raise UserError(f"backbone '{name}' is a {type(model).__name__}, not a timm VisionTransformer; "
+                        f"adaptbench methods patch timm ViTs")
+
+
+def create_backbone(name: str, num_classes: int, *, pretrained: bool | None = None, img_size: int | None = None,
+                    drop_path_rate: float = 0.0) -> VisionTransformer:
+    """Create a timm ViT for ``num_classes`` classes.
+
+    ``pretrained=None`` loads weights when timm knows a source for them; ``img_size`` overrides the input size
+    (timm resamples the position embedding). Missing weights offline become a one-line :class:`UserError`.
+    """
+    check_backbone_name(name)
+    if pretrained is None:
+        pretrained = has_pretrained_weights(name)
+    kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:  # hub errors subclass these
+        if not pretrained:
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise UserError(f"cannot load pretrained weights for '{name}' ({type(exc).__name__}"
+                        f"{', HF_HUB_OFFLINE is set' if offline else ''}); download them once on a machine with "
+                        f"network into the Hugging Face cache, or pass --no-pretrained") from exc
+    return model
+
+
+def describe_backbones() -> dict[str, str]:
+    return {name: info.description for name, info in KNOWN_BACKBONES.items()}
+
+
+def input_size(model: nn.Module) -> int:
+    return model.patch_embed.img_size[0]

@@ -1,0 +1,40 @@
+"""The full description of one run. Its hash names the run's result file, so equal configs share one file."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str
+    task: str
+    backbone: str
+    seed: int
+    compression: str
+    pretrained: bool
+    device: str
+    train: TrainConfig
+    bench_batch: int = 64
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        """A stable hash of every field: the same config always maps to the same result file."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        level = "" if self.compression == "none" else f"@{self.compression}"
+        return f"{self.method}{level} / {self.task} / {self.backbone} / seed {self.seed}"
+
+    @property
+    def file_stem(self) -> str:
+        return f"{self.method}-{self.task}-s{self.seed}-{self.key}"

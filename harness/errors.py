@@ -1,0 +1,9 @@
+"""Errors that reach the user as one clear line instead of a traceback."""
+
+
+class UserError(Exception):
+    """Bad input: the message names the problem and the fix. The CLI prints it and exits with code 2."""
+
+
+class RunFailed(Exception):
+    """A single run cannot go on (e.g. the loss became NaN). The runner records it as failed and goes on."""

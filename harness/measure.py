@@ -1,0 +1,150 @@
+"""Measurements of an adapted model: parameters, GMACs, inference throughput and peak memory.
+
+Conventions (see README, "What is measured"):
+- GMACs follow fvcore, the field's convention (ViT-B/16 at 224 = 17.58): multiply-accumulates of matmul,
+  linear and conv, plus 5 per element for affine LayerNorm, counted with ``FlopCounterMode`` at batch 1.
+  Attention is forced onto the math path while counting: on CPU the fused kernel is invisible to the counter.
+- Throughput: warm-up iterations, then timed repeats; we report the median and the interquartile range.
+- Peak memory: CUDA, ``max_memory_allocated`` over the phase; CPU, the resident tensors (parameters, buffers,
+  gradients, optimizer state) plus the peak of torch's CPU allocations during the phase, read from
+  ``torch.profiler`` memory events. Named ``*_peak_mem_mb`` with ``mem_method`` saying which.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+MIB = 2 ** 20
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, tunable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, tunable
+
+
+def _layer_norm_flops(input_shape, *args, **kwargs) -> int:
+    # fvcore counts 5 ops per element for an affine LayerNorm; FlopCounterMode counts 2 FLOPs per MAC.
+    return 2 * 5 * math.prod(input_shape)
+
+
+@torch.no_grad()
+def count_gmacs(model: nn.Module, image_size: int, device: torch.device | str = "cpu") -> float:
+    """GMACs of one image through ``model`` in eval mode, in fvcore's convention."""
+    was_training = model.training
+    model.eval()
+    images = torch.zeros(1, 3, image_size, image_size, device=device)
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.native_layer_norm: _layer_norm_flops})
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        model(images)
+    model.train(was_training)
+    return counter.get_total_flops() / 2e9
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Images per second over timed repeats: median and interquartile range."""
+
+    median: float
+    iqr: float
+    repeats: int
+    batch_size: int
+
+    @property
+    def relative_spread(self) -> float:
+        return self.iqr / self.median if self.median else float("nan")
+
+
+def summarize_rates(rates: list[float], batch_size: int) -> Throughput:
+    quartiles = statistics.quantiles(rates, n=4, method="inclusive") if len(rates) > 1 else [rates[0]] * 3
+    return Throughput(statistics.median(rates), quartiles[2] - quartiles[0], len(rates), batch_size)
+
+
+def time_repeats(run_once: Callable[[], None], *, warmup: int, repeats: int, iters_per_repeat: int,
+                 synchronize: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Seconds per iteration for each of ``repeats`` timed blocks, after ``warmup`` untimed iterations."""
+    for _ in range(warmup):
+        run_once()
+    synchronize()
+    seconds = []
+    for _ in range(repeats):
+        started = clock()
+        for _ in range(iters_per_repeat):
+            run_once()
+        synchronize()
+        seconds.append((clock() - started) / iters_per_repeat)
+    return seconds
+
+
+@torch.inference_mode()
+def inference_throughput(model: nn.Module, image_size: int, device: torch.device, *, batch_size: int = 64,
+                         warmup: int = 3, repeats: int = 7, iters_per_repeat: int = 2) -> Throughput:
+    """Images/s of ``model`` in eval mode on random input (speed does not depend on the pixel values)."""
+    model.eval()
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    seconds = time_repeats(lambda: model(images), warmup=warmup, repeats=repeats,
+                           iters_per_repeat=iters_per_repeat, synchronize=synchronize)
+    return summarize_rates([batch_size / s for s in seconds], batch_size)
+
+
+@contextlib.contextmanager
+def _silence_native_stderr() -> Iterator[None]:
+    """The profiler's C++ side prints start/stop lines to fd 2; keep them out of the user's console."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _profiled_cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak of torch's CPU allocations above the level at the start of ``fn``, from profiler memory events."""
+    with _silence_native_stderr():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    events = sorted((event.start_ns(), event.nbytes()) for event in prof.profiler.kineto_results.events()
+                    if event.name() == "[memory]")
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def resident_tensor_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Bytes of parameters, buffers, gradients and optimizer state that live between steps."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    if optimizer is not None:
+        tensors += [value for state in optimizer.state.values() for value in state.values()
+                    if isinstance(value, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device, model: nn.Module,
+                   optimizer: torch.optim.Optimizer | None = None) -> tuple[float, str]:
+    """Peak memory while running ``fn`` (MiB) and the name of the method that measured it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / MIB, "cuda_max_memory_allocated"
+    resident = resident_tensor_bytes(model, optimizer)
+    return (resident + _profiled_cpu_peak_bytes(fn)) / MIB, "cpu_resident_plus_profiler_peak"

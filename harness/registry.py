@@ -1,0 +1,229 @@
+"""Registries for methods and tasks, and the loading of plugins that fill them.
+
+Built-in plugins are the files in the repository's ``methods/`` and ``tasks/`` folders. They are loaded by path
+under the private module prefix ``_adaptbench_plugins`` rather than installed as top-level packages, so that
+generic names such as ``methods`` or ``tasks`` never land in site-packages where they would clash with other
+projects. Third-party plugins load the same way from ``--plugins path/to/file.py`` (or an importable module
+name) and through the entry-point group ``adaptbench.plugins``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterable, Sequence
+
+from .errors import UserError
+
+ENTRY_POINT_GROUP = "adaptbench.plugins"
+VTAB_GROUPS = ("natural", "specialized", "structured")
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_PLUGIN_DIRS = (_REPO_ROOT / "methods", _REPO_ROOT / "tasks")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered adaptation method: ``fn(model, compression, **options)`` patches a timm ViT in place."""
+
+    name: str
+    fn: Callable
+    description: str
+    compresses: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: ``fn(data_root)`` returns a :class:`harness.data.TaskData`."""
+
+    name: str
+    fn: Callable
+    description: str
+    suite: str
+    group: str
+    source: str
+    selectors: tuple[str, ...] = field(default=())
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_TASKS: dict[str, TaskSpec] = {}
+_loaded_sources: set[str] = set()
+
+
+def _first_doc_line(fn: Callable) -> str:
+    doc = (fn.__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+def _check_free(registry: dict, kind: str, name: str, fn: Callable) -> None:
+    existing = registry.get(name)
+    if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
+        raise UserError(f"{kind} '{name}' is registered twice ({existing.source} and {fn.__module__}); "
+                        f"rename one of them")
+
+
+def register_method(name: str, *, compresses: bool = False, description: str | None = None) -> Callable:
+    """Decorator: register ``fn(model, compression=None, **options) -> nn.Module`` as method ``name``.
+
+    ``compresses`` says whether the method accepts a compression level; methods that do not reject one.
+    The description shown by ``--list`` defaults to the first line of the function's docstring.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        _check_free(_METHODS, "method", name, fn)
+        _METHODS[name] = MethodSpec(name, fn, description or _first_doc_line(fn), compresses, fn.__module__)
+        return fn
+
+    return decorate
+
+
+def register_task(name: str, *, suite: str, group: str, description: str | None = None) -> Callable:
+    """Decorator: register ``fn(data_root: Path | None) -> TaskData`` as task ``name``.
+
+    ``suite`` (e.g. ``offline``, ``vtab``) and ``group`` (one of natural / specialized / structured, the VTAB
+    groups) make the task selectable as ``--tasks SUITE`` and ``--tasks SUITE-GROUP`` too.
+    """
+    if group not in VTAB_GROUPS:
+        raise ValueError(f"task group must be one of {VTAB_GROUPS}, not {group!r}")
+
+    def decorate(fn: Callable) -> Callable:
+        _check_free(_TASKS, "task", name, fn)
+        _TASKS[name] = TaskSpec(name, fn, description or _first_doc_line(fn), suite, group, fn.__module__,
+                                selectors=(suite, f"{suite}-{group}"))
+        return fn
+
+    return decorate
+
+
+def methods() -> dict[str, MethodSpec]:
+    load_plugins()
+    return dict(sorted(_METHODS.items()))
+
+
+def tasks() -> dict[str, TaskSpec]:
+    load_plugins()
+    return dict(sorted(_TASKS.items()))
+
+
+def task_selectors() -> dict[str, list[str]]:
+    """Names that select several tasks at once (suites and suite-group pairs) and the tasks they select."""
+    selected: dict[str, list[str]] = {}
+    load_plugins()
+    by_group = sorted(_TASKS.values(), key=lambda spec: VTAB_GROUPS.index(spec.group))  # stable: keeps load order
+    for spec in by_group:
+        for selector in spec.selectors:
+            selected.setdefault(selector, []).append(spec.name)
+    return dict(sorted(selected.items()))
+
+
+def get_method(name: str) -> MethodSpec:
+    known = methods()
+    if name not in known:
+        raise UserError(f"unknown method '{name}'; valid methods: {', '.join(known)} "
+                        f"(add your own with --plugins FILE.py)")
+    return known[name]
+
+
+def get_task(name: str) -> TaskSpec:
+    known = tasks()
+    if name not in known:
+        raise UserError(f"unknown task '{name}'; valid tasks: {', '.join(known)}")
+    return known[name]
+
+
+def expand_tasks(names: Iterable[str]) -> list[str]:
+    """Resolve task names and selectors (``offline``, ``vtab-natural``) into task names, keeping order."""
+    known, selectors = tasks(), task_selectors()
+    expanded: list[str] = []
+    for name in names:
+        if name in known:
+            picked = [name]
+        elif name in selectors:
+            picked = selectors[name]
+        else:
+            raise UserError(f"unknown task '{name}'; valid tasks: {', '.join(known)}; "
+                            f"valid task groups: {', '.join(selectors)}")
+        expanded.extend(task for task in picked if task not in expanded)
+    return expanded
+
+
+def _module_name_for(path: Path, prefix: str) -> str:
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    return f"_adaptbench_plugins.{prefix}.{path.stem}_{digest}"
+
+
+def _exec_file(path: Path, module_name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def load_plugin(source: str) -> None:
+    """Load one plugin: a path to a ``.py`` file or an importable module name. Loading twice is a no-op."""
+    path = Path(source).expanduser()
+    looks_like_path = source.endswith(".py") or "/" in source or path.exists()
+    key = str(path.resolve()) if looks_like_path else source
+    if key in _loaded_sources:
+        return
+    try:
+        if looks_like_path:
+            if not path.is_file():
+                raise UserError(f"plugin file not found: {source}; pass an existing .py file or a module name")
+            _exec_file(path.resolve(), _module_name_for(path.resolve(), "external"))
+        else:
+            importlib.import_module(source)
+    except UserError:
+        raise
+    except ModuleNotFoundError as exc:
+        if exc.name and source.startswith(exc.name):
+            raise UserError(f"plugin module '{source}' cannot be imported; check the name or pass a file path")
+        raise UserError(f"plugin '{source}' failed to load: {exc}; install what it needs or leave it out")
+    except Exception as exc:  # a plugin's own bug must not look like ours
+        raise UserError(f"plugin '{source}' raised {type(exc).__name__}: {exc}; fix the plugin or leave it out")
+    _loaded_sources.add(key)
+
+
+def _load_builtin_dir(folder: Path) -> None:
+    if not folder.is_dir():
+        raise UserError(f"built-in plugin folder {folder} is missing; reinstall adaptbench from a full checkout "
+                        f"with pip install -e .")
+    for path in sorted(folder.glob("*.py")):
+        key = str(path.resolve())
+        if key not in _loaded_sources and not path.name.startswith("_"):
+            _exec_file(path, _module_name_for(path, folder.name))
+            _loaded_sources.add(key)
+
+
+def _load_entry_points() -> None:
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = f"entry-point:{entry_point.value}"
+        if key in _loaded_sources:
+            continue
+        try:
+            loaded = entry_point.load()
+            if callable(loaded) and not isinstance(loaded, ModuleType):
+                loaded()
+        except Exception as exc:
+            raise UserError(f"plugin entry point '{entry_point.name}' ({entry_point.value}) raised "
+                            f"{type(exc).__name__}: {exc}; fix or uninstall that package")
+        _loaded_sources.add(key)
+
+
+def load_plugins(extra: Sequence[str] = ()) -> None:
+    """Load the built-in plugin folders, installed entry points and the ``extra`` plugins (paths or modules)."""
+    for folder in BUILTIN_PLUGIN_DIRS:
+        _load_builtin_dir(folder)
+    _load_entry_points()
+    for source in extra:
+        load_plugin(source)

@@ -1,0 +1,152 @@
+"""One training protocol for every method: AdamW, linear warm-up then cosine decay per step, periodic test eval.
+
+Defaults follow PYRA's scripts (lr 1e-3, weight decay 1e-4, batch 32, 100 epochs, 10 warm-up epochs from 1e-6,
+cosine to 1e-5, label smoothing 0, drop-path 0.1). PYRA reports the best of its periodic test evaluations; we record that as
+``test_acc_best`` and the final evaluation as ``test_acc_last``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import Normalize
+from .errors import RunFailed
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    warmup_epochs: int = 10
+    lr: float = 1e-3
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    label_smoothing: float = 0.0
+    eval_every: int = 10
+    drop_path: float = 0.1
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases and norm weights (1-d) get no weight decay, as in timm."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([group for group in groups if group["params"]], lr=config.lr)
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up from ``warmup_lr`` to ``lr``, then cosine from ``lr`` down to ``min_lr`` at the last step."""
+    if step < warmup_steps:
+        return config.warmup_lr + (config.lr - config.warmup_lr) * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Owns the training step; the same ``train_step`` serves the run, the memory probe and the benchmarks."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, normalize: Normalize,
+                 label_smoothing: float = 0.0) -> None:
+        self.model, self.optimizer, self.normalize = model, optimizer, normalize
+        self.label_smoothing = label_smoothing
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and update on one uint8 batch; returns the (detached) loss without syncing."""
+        logits = self.model(self.normalize(images))
+        loss = F.cross_entropy(logits, labels.to(logits.device), label_smoothing=self.label_smoothing)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    @torch.inference_mode()
+    def evaluate(self, loader: DataLoader) -> float:
+        """Top-1 accuracy in percent."""
+        was_training = self.model.training
+        self.model.eval()
+        correct = torch.zeros((), dtype=torch.int64, device=self.normalize.device)
+        total = 0
+        for images, labels in loader:
+            predictions = self.model(self.normalize(images)).argmax(dim=-1)
+            correct += (predictions == labels.to(predictions.device)).sum()
+            total += len(labels)
+        self.model.train(was_training)
+        return 100.0 * correct.item() / max(1, total)
+
+
+@dataclass
+class TrainResult:
+    test_acc_best: float
+    test_acc_last: float
+    train_seconds: float
+    train_images: int
+    curve: list[dict] = field(default_factory=list)  # one entry per epoch: loss, lr, optional test_acc
+
+    @property
+    def train_img_per_s(self) -> float:
+        return self.train_images / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-step learning rates for a whole run: ``lr(step)``."""
+
+    config: TrainConfig
+    steps_per_epoch: int
+
+    def lr(self, step: int) -> float:
+        return learning_rate(step, self.config.epochs * self.steps_per_epoch,
+                             self.config.warmup_epochs * self.steps_per_epoch, self.config)
+
+
+def train_epoch(trainer: Trainer, loader: Iterable, schedule: Schedule, first_step: int) -> tuple[torch.Tensor, int]:
+    """One pass over ``loader`` with the scheduled learning rate; returns (summed loss on device, images seen)."""
+    loss_sum = torch.zeros((), device=trainer.normalize.device)
+    images_seen = 0
+    for step, (images, labels) in enumerate(loader, first_step):
+        lr = schedule.lr(step)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum += trainer.train_step(images, labels)
+        images_seen += len(labels)
+    return loss_sum, images_seen
+
+
+def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, config: TrainConfig,
+        log: Callable[[str], None] = print) -> TrainResult:
+    """Train for ``config.epochs`` epochs, evaluating every ``eval_every`` epochs and after the last one."""
+    steps_per_epoch = len(train_loader)
+    schedule = Schedule(config, steps_per_epoch)
+    device = trainer.normalize.device
+    trainer.model.train()
+    train_seconds, train_images = 0.0, 0
+    accuracies: list[float] = []
+    curve: list[dict] = []
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        loss_sum, images_seen = train_epoch(trainer, train_loader, schedule, (epoch - 1) * steps_per_epoch)
+        mean_loss = loss_sum.item() / steps_per_epoch  # one sync per epoch, not per step
+        train_seconds += time.perf_counter() - started
+        train_images += images_seen
+        if not math.isfinite(mean_loss):
+            raise RunFailed(f"loss became {mean_loss} in epoch {epoch}; lower --lr or check the data")
+        lr = schedule.lr(epoch * steps_per_epoch - 1)
+        entry = {"epoch": epoch, "loss": mean_loss, "lr": lr}
+        message = f"  epoch {epoch}/{config.epochs}  loss {mean_loss:.4f}  lr {lr:.2e}"
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            entry["test_acc"] = trainer.evaluate(test_loader)
+            accuracies.append(entry["test_acc"])
+            message += f"  test acc {entry['test_acc']:.2f}%"
+        curve.append(entry)
+        log(message)
+    return TrainResult(max(accuracies), accuracies[-1], train_seconds, train_images, curve)

@@ -1,0 +1,224 @@
+"""The embedded offline suite: 32x32 classification tasks in the spirit of VTAB-1k's three groups.
+
+Every task is built deterministically (seeded numpy + PIL, no downloads), has VTAB-1k's split sizes (800 train,
+200 val) plus a held-out test set, and is cached on disk after its first build. Two tasks are real data shipped
+inside scikit-learn (its 8x8 handwritten digits and its two sample photographs); the others are procedural.
+Shapes are drawn at twice the size and downsampled, so edges are anti-aliased like real photographs.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+import harness
+from harness.data import ArrayDataset, TaskData, cached_arrays
+
+SIZE = 32
+CANVAS = 2 * SIZE
+TRAIN, VAL, TEST = 800, 200, 500
+DEFAULT_EPOCHS = 3
+BACKBONE = "vit_micro_base_patch4_32"
+VERSION = "v1"  # bump when a generator changes, so stale caches are not reused
+
+
+def _task_data(arrays: dict[str, np.ndarray], num_classes: int) -> TaskData:
+    splits = {name: ArrayDataset(arrays[f"{name}_x"], arrays[f"{name}_y"]) for name in ("train", "val", "test")}
+    return TaskData(splits["train"], splits["val"], splits["test"], num_classes, SIZE, BACKBONE, DEFAULT_EPOCHS)
+
+
+def _split(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    order = rng.permutation(len(labels))
+    images, labels = images[order], labels[order]
+    bounds = {"train": (0, TRAIN), "val": (TRAIN, TRAIN + VAL), "test": (TRAIN + VAL, len(labels))}
+    arrays = {}
+    for name, (start, stop) in bounds.items():
+        arrays[f"{name}_x"], arrays[f"{name}_y"] = images[start:stop], labels[start:stop]
+    return arrays
+
+
+def _to_chw(image: Image.Image, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """Downsample to 32x32, add Gaussian pixel noise, return uint8 (3, H, W)."""
+    pixels = np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float32)
+    pixels = pixels + rng.normal(0.0, noise, pixels.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+def _random_color(rng: np.random.Generator, low: int = 40, high: int = 255) -> tuple[int, int, int]:
+    return tuple(int(c) for c in rng.integers(low, high, 3))
+
+
+def _background(rng: np.random.Generator) -> Image.Image:
+    """A random smooth two-colour gradient, so the background carries no label information."""
+    start, stop = np.array(_random_color(rng, 0, 160)), np.array(_random_color(rng, 0, 160))
+    angle = rng.uniform(0, 2 * math.pi)
+    ys, xs = np.mgrid[0:CANVAS, 0:CANVAS] / CANVAS
+    t = ((xs - 0.5) * math.cos(angle) + (ys - 0.5) * math.sin(angle) + 0.71) / 1.42
+    pixels = start[None, None] * (1 - t[..., None]) + stop[None, None] * t[..., None]
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def _procedural(name: str, num_classes: int, draw: Callable[[int, np.random.Generator], Image.Image],
+                seed: int, noise: float = 12.0) -> TaskData:
+    """Balanced labels, one image per label drawn by ``draw(label, rng)``, split and cached."""
+
+    def build() -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        labels = np.arange(TRAIN + VAL + TEST) % num_classes
+        images = np.stack([_to_chw(draw(int(label), rng), rng, noise) for label in labels])
+        return _split(images, labels.astype(np.int64), rng)
+
+    return _task_data(cached_arrays(f"offline-{name}-{VERSION}", build), num_classes)
+
+
+def _ellipse(draw: ImageDraw.ImageDraw, center: tuple[float, float], radii: tuple[float, float], angle: float,
+             fill: tuple[int, int, int], points: int = 24) -> None:
+    """A rotated ellipse as a polygon (PIL's own ellipse cannot rotate)."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    outline = [(center[0] + radii[0] * math.cos(t) * cos - radii[1] * math.sin(t) * sin,
+                center[1] + radii[0] * math.cos(t) * sin + radii[1] * math.sin(t) * cos)
+               for t in np.linspace(0, 2 * math.pi, points, endpoint=False)]
+    draw.polygon(outline, fill=fill)
+
+
+@harness.register_task("digits", suite="offline", group="natural")
+def digits(data_root: Path | None = None) -> TaskData:
+    """scikit-learn's real 8x8 handwritten digits, upsampled, recoloured, shifted (stands in for SVHN)."""
+    from sklearn.datasets import load_digits
+
+    def build() -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(1)
+        bunch = load_digits()
+        images = []
+        for digit in bunch.images:
+            glyph = Image.fromarray((digit * (255 / 16)).astype(np.uint8)).resize((40, 40), Image.BICUBIC)
+            ink, paper = np.array(_random_color(rng)), np.array(_random_color(rng))
+            while np.abs(ink - paper).sum() < 150:
+                paper = np.array(_random_color(rng))
+            canvas = np.zeros((CANVAS, CANVAS), dtype=np.float32)
+            top, left = rng.integers(0, CANVAS - 40, 2)
+            canvas[top:top + 40, left:left + 40] = np.asarray(glyph, dtype=np.float32) / 255
+            pixels = paper * (1 - canvas[..., None]) + ink * canvas[..., None]
+            images.append(_to_chw(Image.fromarray(pixels.astype(np.uint8)), rng, noise=20.0))
+        return _split(np.stack(images), bunch.target.astype(np.int64), rng)
+
+    return _task_data(cached_arrays(f"offline-digits-{VERSION}", build), 10)
+
+
+PHOTO_GRID = (2, 4)  # rows, columns of regions per photograph
+
+
+@harness.register_task("photos", suite="offline", group="natural")
+def photos(data_root: Path | None = None) -> TaskData:
+    """Which region of scikit-learn's two real sample photographs a jittered crop shows (16 classes)."""
+    from sklearn.datasets import load_sample_images
+
+    sources = [Image.fromarray(array) for array in load_sample_images().images]
+    rows, columns = PHOTO_GRID
+
+    def draw(label: int, rng: np.random.Generator) -> Image.Image:
+        photo = sources[label // (rows * columns)]
+        row, column = divmod(label % (rows * columns), columns)
+        cell_w, cell_h = photo.width / columns, photo.height / rows
+        side = rng.uniform(0.35, 0.7) * min(cell_w, cell_h)
+        cx = (column + rng.uniform(0.25, 0.75)) * cell_w
+        cy = (row + rng.uniform(0.25, 0.75)) * cell_h
+        crop = photo.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)))
+        crop = crop.resize((CANVAS, CANVAS), Image.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = np.asarray(crop, dtype=np.float32) * rng.uniform(0.6, 1.3) + rng.uniform(-30, 30)
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+    return _procedural("photos", len(sources) * rows * columns, draw, seed=2)
+
+
+CELL_SHAPES = ("round", "spindle", "pleomorphic", "ring")
+
+
+@harness.register_task("cells", suite="offline", group="specialized")
+def cells(data_root: Path | None = None) -> TaskData:
+    """Microscopy-like stained tissue; classify nucleus morphology (stands in for Patch Camelyon)."""
+
+    def draw(label: int, rng: np.random.Generator) -> Image.Image:
+        stroma = np.array([230, 170, 200]) + rng.integers(-25, 25, 3)
+        image = Image.new("RGB", (CANVAS, CANVAS), tuple(int(c) for c in stroma))
+        pen = ImageDraw.Draw(image)
+        for _ in range(rng.integers(20, 40)):  # fibres and debris shared by every class
+            x, y = rng.uniform(0, CANVAS, 2)
+            pen.line([(x, y), (x + rng.uniform(-12, 12), y + rng.uniform(-12, 12))],
+                     fill=tuple(int(c) for c in stroma - rng.integers(10, 50, 3)), width=1)
+        for _ in range(rng.integers(3, 8)):
+            stain = (int(rng.integers(60, 120)), int(rng.integers(20, 70)), int(rng.integers(110, 170)))
+            center = tuple(rng.uniform(6, CANVAS - 6, 2))
+            shape = CELL_SHAPES[label]
+            if shape == "round":
+                radius = rng.uniform(3.5, 5.5)
+                _ellipse(pen, center, (radius, radius * rng.uniform(0.85, 1.0)), rng.uniform(0, math.pi), stain)
+            elif shape == "spindle":
+                _ellipse(pen, center, (rng.uniform(6, 9), rng.uniform(1.8, 2.8)), rng.uniform(0, math.pi), stain)
+            elif shape == "pleomorphic":
+                for _ in range(3):
+                    offset = rng.normal(0, 2.0, 2)
+                    _ellipse(pen, (center[0] + offset[0], center[1] + offset[1]),
+                             tuple(rng.uniform(2.5, 5.0, 2)), rng.uniform(0, math.pi), stain)
+            else:
+                radius = rng.uniform(4.5, 6.5)
+                _ellipse(pen, center, (radius, radius), 0.0, stain)
+                _ellipse(pen, center, (radius * 0.55, radius * 0.55), 0.0, tuple(int(c) for c in stroma))
+        return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
+
+    return _procedural("cells", len(CELL_SHAPES), draw, seed=3, noise=14.0)
+
+
+MAX_COUNT = 8
+
+
+@harness.register_task("count", suite="offline", group="structured")
+def count(data_root: Path | None = None) -> TaskData:
+    """How many objects (1-8) of random shape, colour and size are in the scene (stands in for CLEVR-count)."""
+
+    def draw(label: int, rng: np.random.Generator) -> Image.Image:
+        image = _background(rng)
+        pen = ImageDraw.Draw(image)
+        placed: list[tuple[float, float, float]] = []
+        while len(placed) < label + 1:
+            radius = rng.uniform(3.5, 6.5)
+            x, y = rng.uniform(radius + 1, CANVAS - radius - 1, 2)
+            if all(math.hypot(x - px, y - py) > radius + pr + 1 for px, py, pr in placed):
+                placed.append((x, y, radius))
+                color = _random_color(rng, 90)
+                if rng.random() < 0.5:
+                    pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color)
+                else:
+                    pen.regular_polygon((x, y, radius), n_sides=int(rng.integers(3, 5)),
+                                        rotation=float(rng.uniform(0, 360)), fill=color)
+        return image
+
+    return _procedural("count", MAX_COUNT, draw, seed=4)
+
+
+ORIENTATION_BINS = 8
+
+
+@harness.register_task("orientation", suite="offline", group="structured")
+def orientation(data_root: Path | None = None) -> TaskData:
+    """Orientation of one elongated object, in 8 bins over 180 degrees (stands in for dSprites-orientation)."""
+
+    def draw(label: int, rng: np.random.Generator) -> Image.Image:
+        image = _background(rng)
+        pen = ImageDraw.Draw(image)
+        angle = (label + rng.uniform(0.1, 0.9)) * math.pi / ORIENTATION_BINS
+        length = rng.uniform(10, 20)
+        center = tuple(rng.uniform(length + 2, CANVAS - length - 2, 2))
+        _ellipse(pen, center, (length, rng.uniform(2.5, 5.0)), angle, _random_color(rng, 90))
+        for _ in range(rng.integers(0, 3)):  # round distractors carry no orientation
+            x, y = rng.uniform(4, CANVAS - 4, 2)
+            radius = rng.uniform(2, 4)
+            pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=_random_color(rng, 90))
+        return image
+
+    return _procedural("orientation", ORIENTATION_BINS, draw, seed=5)

@@ -1,0 +1,128 @@
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(plugin_file, tmp_path_factory):
+    """One real end-to-end run of an external plugin's method and task through the CLI."""
+    out = tmp_path_factory.mktemp("runs")
+    result = invoke("--plugins", str(plugin_file), "--methods", "bitfit,lora", "--tasks", "tiny",
+                    "--bench-batch", "8", "--seeds", "0,1", "--out", str(out))
+    return result, out
+
+
+def test_external_plugin_runs_end_to_end(tiny_run):
+    result, out = tiny_run
+    assert result.exit_code == 0, result.output
+    assert "4 ok, 0 failed" in result.output and "| bitfit" in result.output
+    records = [json.loads(path.read_text()) for path in sorted(out.glob("*.json"))]
+    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
+    metrics = records[0]["metrics"]
+    for key in ("test_acc_best", "test_acc_last", "infer_img_per_s", "infer_img_per_s_iqr", "train_img_per_s",
+                "train_peak_mem_mb", "infer_peak_mem_mb", "gmacs", "total_params", "tunable_params"):
+        assert metrics[key] > 0, key
+    environment = records[0]["environment"]
+    assert {"torch", "timm", "device_name", "git_commit", "cpu_threads"} <= set(environment)
+
+
+def test_results_csv_has_one_flat_row_per_run(tiny_run):
+    _, out = tiny_run
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 4
+    assert set(frame["method"]) == {"bitfit", "lora"} and set(frame["seed"]) == {0, 1}
+    assert {"key", "status", "test_acc_best", "gmacs", "train_lr", "env_torch"} <= set(frame.columns)
+
+
+def test_finished_runs_are_reused_not_repeated(plugin_file, tiny_run):
+    _, out = tiny_run
+    before = {path: path.stat().st_mtime_ns for path in out.glob("*.json")}
+    result = invoke("--plugins", str(plugin_file), "--methods", "bitfit", "--tasks", "tiny", "--bench-batch", "8",
+                    "--seeds", "0", "--out", str(out))
+    assert result.exit_code == 0 and "already done" in result.output
+    assert {path: path.stat().st_mtime_ns for path in out.glob("*.json")} == before
+
+
+def test_failed_run_is_recorded_and_others_go_on(plugin_file, tmp_path):
+    nan_plugin = tmp_path / "nan_plugin.py"
+    nan_plugin.write_text(
+        "import harness\n\n"
+        "@harness.register_method('nan_head')\n"
+        "def nan_head(model, compression=None):\n"
+        "    '''Makes every logit NaN.'''\n"
+        "    model.head.register_forward_hook(lambda m, i, o: o * float('nan'))\n"
+        "    return model\n")
+    result = invoke("--plugins", f"{plugin_file},{nan_plugin}", "--methods", "nan_head,bitfit", "--tasks", "tiny",
+                    "--bench-batch", "8", "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 1
+    assert "1 ok, 1 failed" in result.output
+    statuses = {json.loads(p.read_text())["config"]["method"]: json.loads(p.read_text())
+                for p in (tmp_path / "runs").glob("*.json")}
+    assert statuses["nan_head"]["status"] == "failed"
+    assert "loss became nan" in statuses["nan_head"]["reason"]
+    assert statuses["bitfit"]["status"] == "ok"
+    assert len(pd.read_csv(tmp_path / "runs" / "results.csv")) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "pyra,tome", "--tasks", "vtab"], "error: unknown method 'pyra'; valid methods: "),
+    (["--tasks", "imagenet"], "error: unknown task 'imagenet'; valid tasks: "),
+    (["--backbone", "resnet_999"], "error: unknown backbone 'resnet_999'"),
+    (["--backbone", "resnet18"], "not a timm VisionTransformer"),
+    (["--tasks", "cifar100"], "error: VTAB-1k task 'cifar100' needs its data on disk: pass --data-root"),
+    (["--device", "cuda:0"], "no CUDA device is available") if not __import__("torch").cuda.is_available() else
+    (["--device", "tpu"], "unsupported --device"),
+    (["--compression", "high"], "method 'full_ft' does not compress"),
+    (["--plugins", "/nonexistent/plugin.py"], "error: plugin file not found: /nonexistent/plugin.py"),
+])
+def test_bad_input_gets_one_clear_line_and_exit_2(args, message, tmp_path):
+    result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "runs"), "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    last_line = result.output.strip().splitlines()[-1]
+    assert message in last_line and "Traceback" not in result.output
+
+
+def test_bad_option_values_are_rejected_by_click(tmp_path):
+    for args in (["--epochs", "0"], ["--seeds", "a,b"], ["--batch-size", "-1"], ["--lr", "0"]):
+        result = CliRunner().invoke(main, args + ["--dry-run"])
+        assert result.exit_code == 2 and "Invalid value" in result.output, args
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = CliRunner().invoke(main, ["--out", str(locked / "runs"), "--tasks", "count"])
+    assert result.exit_code == 2 and "is not writable" in result.output
+
+
+def test_output_path_that_is_a_file_is_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["--out", str(blocker / "runs"), "--tasks", "count"])
+    assert result.exit_code == 2
+    assert f"output folder {blocker / 'runs'} is not writable" in result.output
+
+
+def test_list_and_dry_run():
+    listing = invoke("--list").output
+    assert "lora" in listing and "vit_micro_base_patch4_32" in listing and "offline-structured" in listing
+    plan = invoke("--dry-run", "--tasks", "count", "--seeds", "0,1", "--epochs", "2").output
+    assert plan.count("lora / count") == 2 and "epochs=2" in plan and "[4/4]" in plan
+
+
+def test_help_names_every_option():
+    text = invoke("--help").output
+    for option in ("--methods", "--tasks", "--backbone", "--epochs", "--seeds", "--batch-size", "--device", "--out",
+                   "--plugins", "--list", "--dry-run"):
+        assert option in text

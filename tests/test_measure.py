@@ -1,0 +1,64 @@
+import itertools
+
+import pytest
+import timm
+import torch
+
+import harness
+from conftest import tiny_vit
+from harness.measure import count_gmacs, count_parameters, peak_memory_mb, summarize_rates, time_repeats
+
+
+def test_vit_base_gmacs_match_fvcore_convention():
+    model = timm.create_model("vit_base_patch16_224", pretrained=False)
+    assert count_gmacs(model, 224) == pytest.approx(17.58, abs=0.005)
+
+
+def test_gmacs_count_attention_even_where_fused_kernels_hide_it():
+    model = tiny_vit(depth=1)
+    tokens, dim = 17, 32
+    attention_macs = 2 * tokens * tokens * dim  # q @ k^T and attn @ v
+    total = count_gmacs(model, 16) * 1e9
+    linear_macs = tokens * dim * (3 * dim + dim + 8 * dim) + 16 * 3 * 16 * dim + dim * 3
+    layer_norm_macs = 5 * (2 * tokens * dim + tokens * dim)  # norm1, norm2, final norm
+    assert total == pytest.approx(attention_macs + linear_macs + layer_norm_macs)
+
+
+def test_merged_lora_costs_no_extra_macs():
+    base = count_gmacs(tiny_vit(), 16)
+    adapted = harness.merge_for_inference(harness.adapt(tiny_vit(), "lora"))
+    assert count_gmacs(adapted, 16) == pytest.approx(base)
+
+
+def test_parameter_counts():
+    model = harness.adapt(tiny_vit(), "lora")
+    total, tunable = count_parameters(model)
+    assert tunable == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n or n.startswith("head."))
+    assert total == sum(p.numel() for p in model.parameters())
+
+
+def test_time_repeats_uses_the_clock_it_is_given():
+    ticks = itertools.count(0.0, 0.5)  # every clock read advances half a second
+    calls = []
+    seconds = time_repeats(lambda: calls.append(1), warmup=2, repeats=3, iters_per_repeat=4,
+                           clock=lambda: next(ticks))
+    assert len(calls) == 2 + 3 * 4
+    assert seconds == [0.125, 0.125, 0.125]
+
+
+def test_summary_is_median_and_interquartile_range():
+    summary = summarize_rates([10.0, 20.0, 30.0, 40.0, 50.0], batch_size=8)
+    assert (summary.median, summary.iqr, summary.repeats) == (30.0, 20.0, 5)
+
+
+def test_cpu_peak_memory_grows_with_batch():
+    model = tiny_vit()
+    device = torch.device("cpu")
+
+    def step(batch: int):
+        return lambda: model(torch.randn(batch, 3, 16, 16)).sum().backward()
+
+    small, method = peak_memory_mb(step(4), device, model)
+    large, _ = peak_memory_mb(step(64), device, model)
+    assert method == "cpu_resident_plus_profiler_peak"
+    assert large > 2 * small > 0

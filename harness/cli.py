@@ -121,12 +121,13 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     task_data = load_tasks(task_names, data_root)
     overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size}
     configs = plan_runs(method_names, task_data, seeds=seeds, compressions=_split(compression) or ["none"],
-                        backbone=backbone, pretrained=pretrained, device=resolved_device, train_overrides=overrides,
-                        bench_batch=bench_batch)
+                        backbone=backbone, pretrained=pretrained, device=resolved_device,
+                        train_overrides=overrides, bench_batch=bench_batch)
     if dry_run:
         click.echo("\n".join(describe_plan(configs)))
         return 0
-    click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s); results -> {out}/")
+    click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s); "
+               f"results -> {out}/")
     records = run_all(configs, task_data, out, resolved_device, force=force, log=click.echo)
     csv_path = write_csv(out, load_records(out))
     click.echo("\n" + summary_table(records) + "\n")

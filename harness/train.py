@@ -1,8 +1,8 @@
 """One training protocol for every method: AdamW, linear warm-up then cosine decay per step, periodic test eval.
 
 Defaults follow PYRA's scripts (lr 1e-3, weight decay 1e-4, batch 32, 100 epochs, 10 warm-up epochs from 1e-6,
-cosine to 1e-5, label smoothing 0, drop-path 0.1). PYRA reports the best of its periodic test evaluations; we record that as
-``test_acc_best`` and the final evaluation as ``test_acc_last``.
+cosine to 1e-5, label smoothing 0, drop-path 0.1). PYRA reports the best of its periodic test evaluations; we
+record that as ``test_acc_best`` and the final evaluation as ``test_acc_last``.
 """
 from __future__ import annotations
 

@@ -48,11 +48,15 @@ def test_lora_update_is_active_from_the_start_as_in_pyra():
     torch.manual_seed(0)
     plain = tiny_vit().eval()
     adapted = harness.adapt(tiny_vit(), "lora").eval()
-    adapted.load_state_dict({k.replace("qkv.weight", "qkv.base_layer.weight").replace("qkv.bias", "qkv.base_layer.bias"): v
-                             for k, v in plain.state_dict().items()}, strict=False)
+    renamed = {key.replace("qkv.", "qkv.base_layer."): value for key, value in plain.state_dict().items()}
+    loaded = adapted.load_state_dict(renamed, strict=False)
+    assert not loaded.unexpected_keys and all(".lora_" in key for key in loaded.missing_keys)
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert not torch.allclose(plain(images), adapted(images))  # B starts trunc-normal, not zero
+        for block in adapted.blocks:
+            block.attn.qkv.lora_B.weight.zero_()
+        torch.testing.assert_close(adapted(images), plain(images))  # ... and B is the only difference
 
 
 def test_full_ft_trains_everything():

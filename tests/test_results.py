@@ -31,8 +31,8 @@ def test_atomic_write_never_leaves_partial_files(tmp_path):
 
 def test_flatten_gives_one_flat_row():
     config = _config()
-    record = {"key": config.key, "config": config.to_dict(), "status": "ok", "metrics": {"gmacs": 0.1, "curve": [{"epoch": 1}]},
-              "environment": {"torch": "2.x"}}
+    record = {"key": config.key, "config": config.to_dict(), "status": "ok",
+              "metrics": {"gmacs": 0.1, "curve": [{"epoch": 1}]}, "environment": {"torch": "2.x"}}
     row = flatten(record)
     assert row["method"] == "lora" and row["train_epochs"] == 3 and row["gmacs"] == 0.1
     assert row["env_torch"] == "2.x" and not any(isinstance(value, (dict, list)) for value in row.values())

@@ -33,11 +33,25 @@ def adapt(model: nn.Module, method: str, compression: object = None, **options) 
     return model if adapted is None else adapted
 
 
+def record_info(model: nn.Module, **facts: object) -> None:
+    """Facts a method wants in the run's result row (e.g. its merge schedule), kept on the model."""
+    info = getattr(model, "adaptbench_info", None)
+    if info is None:
+        info = model.adaptbench_info = {}
+    info.update(facts)
+
+
 def set_trainable(model: nn.Module, is_trainable: Callable[[str], bool]) -> None:
     """Train exactly the parameters whose qualified name ``is_trainable`` accepts, plus the classifier head."""
     head_prefixes = ("head.", "head_dist.")
     for name, param in model.named_parameters():
         param.requires_grad_(is_trainable(name) or name.startswith(head_prefixes))
+
+
+def set_lr_scale(module: nn.Module, scale: float) -> None:
+    """Train ``module``'s parameters at ``scale`` times the scheduled learning rate (e.g. PYRA's own lr)."""
+    for param in module.parameters():
+        param.lr_scale = scale
 
 
 def merge_for_inference(model: nn.Module) -> nn.Module:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
@@ -17,7 +18,8 @@ from .runner import describe_plan, load_tasks, plan_runs, resolve_device, run_al
 
 
 def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+    """Comma-separated items; a bracketed list such as ``[8,8,4]`` stays one item."""
+    return [part.strip() for part in re.findall(r"\[[^\]]*\]|[^,\[\]]+", value) if part.strip()]
 
 
 def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -60,8 +62,10 @@ def _print_listing() -> None:
 @click.option("--tasks", default="offline", show_default=True,
               help="Comma-separated tasks or task groups, e.g. offline, vtab, vtab-natural (see --list).")
 @click.option("--backbone", default=None, help="timm backbone name.  [default: each task's default]")
-@click.option("--compression", default="none", show_default=True,
-              help="Comma-separated compression levels for methods that compress (none, low, high, ...).")
+@click.option("--compression", default=None,
+              help="Comma-separated levels for methods that compress: none, low, high, a factor such as 2.5x, or "
+                   "a bracketed per-block list such as [8,8,4,...]; other methods always run uncompressed.  "
+                   "[default: low,high]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs.  [default: the task's: 100 for VTAB-1k as in PYRA, fewer offline]")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
@@ -120,7 +124,8 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")
     task_data = load_tasks(task_names, data_root)
     overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size}
-    configs = plan_runs(method_names, task_data, seeds=seeds, compressions=_split(compression) or ["none"],
+    levels = None if compression is None else (_split(compression) or ["none"])
+    configs = plan_runs(method_names, task_data, seeds=seeds, compressions=levels,
                         backbone=backbone, pretrained=pretrained, device=resolved_device,
                         train_overrides=overrides, bench_batch=bench_batch)
     if dry_run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 from .train import TrainConfig
@@ -37,4 +38,6 @@ class RunConfig:
 
     @property
     def file_stem(self) -> str:
-        return f"{self.method}-{self.task}-s{self.seed}-{self.key}"
+        level = self.compression if re.fullmatch(r"[\w.]+", self.compression) else "custom"
+        method = self.method if level == "none" else f"{self.method}-{level}"
+        return f"{method}-{self.task}-s{self.seed}-{self.key}"

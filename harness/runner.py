@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import timm
 import torch
 
 from . import registry
@@ -23,6 +24,7 @@ from .results import STATUS_FAILED, STATUS_OK, STATUS_RUNNING, environment, writ
 from .train import TrainConfig, Trainer, build_optimizer, fit
 
 Log = Callable[[str], None]
+DEFAULT_COMPRESSION = ("low", "high")  # what compressing methods run at unless --compression says otherwise
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,15 +47,17 @@ def load_tasks(names: Sequence[str], data_root: Path | None) -> dict[str, TaskDa
 
 
 def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequence[int],
-              compressions: Sequence[str], backbone: str | None, pretrained: bool | None, device: torch.device,
+              compressions: Sequence[str] | None, backbone: str | None, pretrained: bool | None, device: torch.device,
               train_overrides: dict, bench_batch: int) -> list[RunConfig]:
-    """The cross product methods x compressions x tasks x seeds, each with every setting resolved."""
+    """The cross product methods x compressions x tasks x seeds, each with every setting resolved.
+
+    ``compressions=None`` runs compressing methods at :data:`DEFAULT_COMPRESSION`. Every (method, level,
+    backbone) is adapted once on a meta-device model first, so a bad level or option stops the plan early.
+    """
     specs = [registry.get_method(method) for method in methods]
-    for spec in specs:
-        for level in compressions:
-            if level != "none" and not spec.compresses:
-                raise UserError(f"method '{spec.name}' does not compress, but --compression {level} was asked "
-                                f"for; use --compression none or drop '{spec.name}'")
+    if compressions is not None and compressions != ["none"] and not any(spec.compresses for spec in specs):
+        raise UserError(f"--compression {','.join(compressions)} was asked for, but none of "
+                        f"{', '.join(methods)} compresses; add a compressing method (see --list) or drop it")
     configs = []
     for task_name, task in tasks.items():
         task_backbone = backbone or task.default_backbone
@@ -65,11 +69,20 @@ def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequ
         if train.warmup_epochs > train.epochs:
             raise UserError(f"--warmup-epochs {train.warmup_epochs} exceeds --epochs {train.epochs}")
         for spec in specs:
-            for level in (compressions if spec.compresses else ["none"]):
+            levels = (list(compressions or DEFAULT_COMPRESSION) if spec.compresses else ["none"])
+            for level in levels:
+                _check_adapts(spec.name, level, task_backbone, task)
                 for seed in seeds:
                     configs.append(RunConfig(spec.name, task_name, task_backbone, seed, level, use_pretrained,
                                              device.type, train, bench_batch))
     return configs
+
+
+def _check_adapts(method: str, compression: str, backbone: str, task: TaskData) -> None:
+    """Adapt a weightless (meta-device) model: bad compression levels or options fail before any run."""
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False, num_classes=task.num_classes, img_size=task.image_size)
+        adapt(model, method, compression)
 
 
 def _seed_everything(seed: int) -> None:
@@ -126,6 +139,7 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
         "tunable_pct": 100.0 * tunable_params / total_params,
         "added_params": total_params - backbone_params - sum(p.numel() for p in model.head.parameters()),
         "curve": result.curve,
+        **getattr(model, "adaptbench_info", {}),
     }
 
 

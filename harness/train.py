@@ -35,13 +35,18 @@ class TrainConfig:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; biases and norm weights (1-d) get no weight decay, as in timm."""
-    decay, no_decay = [], []
+    """AdamW over the trainable parameters; biases and norm weights (1-d) get no weight decay, as in timm.
+
+    A parameter with an ``lr_scale`` attribute (see :func:`harness.set_lr_scale`) gets its own group.
+    """
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for param in model.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([group for group in groups if group["params"]], lr=config.lr)
+            key = (param.ndim > 1, getattr(param, "lr_scale", 1.0))
+            groups.setdefault(key, []).append(param)
+    return torch.optim.AdamW([{"params": params, "weight_decay": config.weight_decay if decays else 0.0,
+                               "lr_scale": scale} for (decays, scale), params in sorted(groups.items(), reverse=True)],
+                             lr=config.lr)
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -> float:
@@ -116,7 +121,7 @@ def train_epoch(trainer: Trainer, loader: Iterable, schedule: Schedule, first_st
     for step, (images, labels) in enumerate(loader, first_step):
         lr = schedule.lr(step)
         for group in trainer.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum += trainer.train_step(images, labels)
         images_seen += len(labels)
     return loss_sum, images_seen

@@ -75,14 +75,17 @@ def test_failed_run_is_recorded_and_others_go_on(plugin_file, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--methods", "pyra,tome", "--tasks", "vtab"], "error: unknown method 'pyra'; valid methods: "),
+    (["--methods", "pyra,tome", "--tasks", "vtab"], "error: VTAB-1k task 'cifar100' needs its data on disk"),
+    (["--methods", "nope"], "error: unknown method 'nope'; valid methods: "),
     (["--tasks", "imagenet"], "error: unknown task 'imagenet'; valid tasks: "),
     (["--backbone", "resnet_999"], "error: unknown backbone 'resnet_999'"),
     (["--backbone", "resnet18"], "not a timm VisionTransformer"),
     (["--tasks", "cifar100"], "error: VTAB-1k task 'cifar100' needs its data on disk: pass --data-root"),
     (["--device", "cuda:0"], "no CUDA device is available") if not __import__("torch").cuda.is_available() else
     (["--device", "tpu"], "unsupported --device"),
-    (["--compression", "high"], "method 'full_ft' does not compress"),
+    (["--compression", "high"], "none of full_ft, lora compresses"),
+    (["--methods", "tome", "--compression", "medium"], "unknown compression 'medium'"),
+    (["--methods", "tome", "--compression", "[1,2]"], "compression list has 2 entries"),
     (["--plugins", "/nonexistent/plugin.py"], "error: plugin file not found: /nonexistent/plugin.py"),
 ])
 def test_bad_input_gets_one_clear_line_and_exit_2(args, message, tmp_path):

@@ -29,8 +29,8 @@ def test_task_groups_expand_in_group_order_without_duplicates():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(harness.UserError, match="unknown method 'pyra'; valid methods: .*full_ft, lora"):
-        registry.get_method("pyra")
+    with pytest.raises(harness.UserError, match="unknown method 'nope'; valid methods: .*full_ft, lora"):
+        registry.get_method("nope")
     with pytest.raises(harness.UserError, match="unknown task 'nope'.*valid task groups: offline"):
         registry.expand_tasks(["nope"])
 

@@ -1,0 +1,116 @@
+"""Compression levels for token-reducing methods: ``none | low | high | r1,r2,... | <N>x``.
+
+``low`` and ``high`` are the PYRA code's per-block merge schedules for ViT-B/16, ViT-L/16 and DeiT-B distilled.
+For any other backbone (e.g. the micro ViTs) they are derived to give the same GMACs reductions as ViT-B/16's
+presets (2.00x and 3.46x). ``<N>x`` finds a decreasing schedule that reaches N times fewer GMACs.
+GMACs here are computed in closed form (:func:`schedule_gmacs`), which a test checks against the counter.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+from timm.models.vision_transformer import VisionTransformer
+
+from .errors import UserError
+from .token_merging import effective_schedule
+
+VIT_B_LOW = [16] * 11 + [10]
+VIT_B_HIGH = [40, 34, 30, 24, 18, 14, 10, 8, 4, 4, 3, 3]
+# (depth, patch tokens, distillation token) -> presets, as in the PYRA code.
+PRESETS: dict[tuple[int, int, bool], dict[str, list[int]]] = {
+    (12, 196, False): {"low": VIT_B_LOW, "high": VIT_B_HIGH},
+    (24, 196, False): {"low": [8] * 23 + [6],
+                       "high": [20, 19, 18, 17, 15, 13, 13, 12, 10, 9, 8, 6, 6, 4, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1]},
+    (12, 196, True): {"low": [16] * 6 + [10] * 6, "high": VIT_B_HIGH},
+}
+# GMACs reductions of ViT-B/16's presets (17.58 -> 8.78 and -> 5.08): the targets for derived presets.
+TARGET_REDUCTION = {"low": 2.00, "high": 3.46}
+
+
+def schedule_gmacs(model: VisionTransformer, schedule: list[int] | None = None) -> float:
+    """GMACs of one image through ``model`` merging ``schedule[i]`` tokens in block i (fvcore convention).
+
+    Counts what :func:`harness.measure.count_gmacs` counts: patch-embedding conv, LayerNorms (5 per element),
+    qkv/proj/MLP linears, the two attention matmuls, ToMe's matching matmul, and the head on the class token.
+    """
+    schedule = schedule or [0] * len(model.blocks)
+    dim = model.embed_dim
+    head_dim = model.blocks[0].attn.head_dim
+    hidden = model.blocks[0].mlp.fc1.out_features
+    patches = model.patch_embed.num_patches
+    tokens = patches + model.num_prefix_tokens
+    in_chans = model.patch_embed.proj.in_channels
+    macs = patches * in_chans * math.prod(model.patch_embed.patch_size) * dim
+    for r in effective_schedule(model, schedule):
+        macs += 5 * tokens * dim + 4 * tokens * dim * dim + 2 * tokens * tokens * dim
+        if r > 0:
+            macs += math.ceil(tokens / 2) * (tokens // 2) * head_dim
+        tokens -= r
+        macs += 5 * tokens * dim + 2 * tokens * dim * hidden
+    macs += 5 * tokens * dim + dim * getattr(model.head, "out_features", 0)
+    return macs / 1e9
+
+
+def _shape_weights(depth: int) -> np.ndarray:
+    """ViT-B/16's high schedule as a decreasing profile over relative depth, resampled to ``depth`` blocks."""
+    profile = np.asarray(VIT_B_HIGH, dtype=float)
+    return np.interp(np.linspace(0, 1, depth), np.linspace(0, 1, len(profile)), profile) / profile[0]
+
+
+def _closest(model: VisionTransformer, candidates: list[list[int]], reduction: float) -> list[int]:
+    full = schedule_gmacs(model)
+    return min(candidates, key=lambda schedule: abs(full / schedule_gmacs(model, schedule) - reduction))
+
+
+def decreasing_schedule(model: VisionTransformer, reduction: float) -> list[int]:
+    """The decreasing schedule (ViT-B/16 high's profile, scaled) whose GMACs reduction is closest to ``reduction``."""
+    weights = _shape_weights(len(model.blocks))
+    tokens = model.patch_embed.num_patches
+    candidates = [effective_schedule(model, [int(round(scale * w)) for w in weights])
+                  for scale in np.linspace(0, tokens, 8 * tokens + 1)]
+    best = _closest(model, candidates, reduction)
+    reached = schedule_gmacs(model) / schedule_gmacs(model, best)
+    if abs(reached - reduction) / reduction > 0.05:
+        most = schedule_gmacs(model) / schedule_gmacs(model, candidates[-1])
+        raise UserError(f"compression {reduction:g}x is out of reach by token merging on this backbone "
+                        f"(from 1x to about {most:.2f}x); pick a smaller factor")
+    return best
+
+
+def constant_schedule(model: VisionTransformer, reduction: float) -> list[int]:
+    """``[r] * (depth - 1) + [r_last]`` (the shape of ViT-B/16's low preset) closest to ``reduction``."""
+    depth, tokens = len(model.blocks), model.patch_embed.num_patches
+    candidates = [effective_schedule(model, [r] * (depth - 1) + [last])
+                  for r in range(tokens // 2 + 1) for last in range(max(0, r - 8), r + 1)]
+    return _closest(model, candidates, reduction)
+
+
+def resolve_schedule(model: VisionTransformer, compression: object) -> list[int]:
+    """Per-block merge counts for a compression level (see module docstring); ``None``/``none`` merges nothing."""
+    depth = len(model.blocks)
+    if compression is None or compression == "none":
+        return [0] * depth
+    if isinstance(compression, (list, tuple)):
+        schedule = [int(r) for r in compression]
+    elif isinstance(compression, str) and compression in TARGET_REDUCTION:
+        key = (depth, model.patch_embed.num_patches, getattr(model, "dist_token", None) is not None)
+        if key in PRESETS:
+            return list(PRESETS[key][compression])
+        builder = constant_schedule if compression == "low" else decreasing_schedule
+        return builder(model, TARGET_REDUCTION[compression])
+    elif isinstance(compression, str) and re.fullmatch(r"\d+(\.\d+)?x", compression):
+        factor = float(compression[:-1])
+        if factor < 1:
+            raise UserError(f"compression {compression} is below 1x; use a factor of at least 1x")
+        return decreasing_schedule(model, factor)
+    elif isinstance(compression, str) and re.fullmatch(r"\[?\s*\d+(\s*,\s*\d+)*\s*\]?", compression):
+        schedule = [int(r) for r in re.findall(r"\d+", compression)]
+    else:
+        raise UserError(f"unknown compression '{compression}'; use none, low, high, a per-block list such as "
+                        f"'16,16,...' or a factor such as 2.5x")
+    if len(schedule) != depth:
+        raise UserError(f"compression list has {len(schedule)} entries but the backbone has {depth} blocks; "
+                        f"give one r per block")
+    return schedule

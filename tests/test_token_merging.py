@@ -1,0 +1,151 @@
+import pytest
+import timm
+import torch
+
+import harness
+from conftest import tiny_vit
+from harness.compression import resolve_schedule, schedule_gmacs
+from harness.measure import count_gmacs
+from harness.token_merging import Matching, bipartite_soft_matching, merge_weighted, token_counts
+
+
+def micro(**kwargs):
+    return timm.create_model("vit_micro_small_patch4_32", num_classes=5, **kwargs)
+
+
+def test_zero_merging_gives_the_unpatched_logits():
+    torch.manual_seed(0)
+    plain = micro().eval()
+    patched = micro().eval()
+    patched.load_state_dict(plain.state_dict())
+    harness.token_merging.patch_token_merging(patched, [0] * 12)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(patched(images), plain(images), rtol=1e-5, atol=1e-5)
+
+
+def test_token_counts_follow_the_schedule():
+    model = harness.adapt(micro(), "tome", compression="high").eval()
+    seen = []
+    for block in model.blocks:
+        block.mlp.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[1]))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert seen == token_counts(model, model.merge_schedule)
+    assert seen[0] == 65 - model.merge_schedule[0] and seen[-1] == 65 - sum(model.merge_schedule)
+
+
+def test_r_is_capped_at_half_the_mergeable_tokens():
+    model = harness.adapt(micro(), "tome", compression="[40,40,0,0,0,0,0,0,0,0,0,0]")
+    assert model.merge_schedule[:2] == [32, 16]  # 64 mergeable, then 32
+
+
+def test_class_token_survives_and_merges_are_size_weighted_means():
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 4)
+    size = torch.randint(1, 4, (2, 9, 1)).float()
+    matching = bipartite_soft_matching(torch.randn(2, 9, 4), r=3, class_token=True)
+    merged, merged_size = merge_weighted(x, size, matching)
+    assert merged.shape == (2, 6, 4) and merged_size.shape == (2, 6, 1)
+    torch.testing.assert_close(merged[:, 0], x[:, 0])  # class token first and untouched
+    assert torch.equal(merged_size[:, 0], size[:, 0])
+    kept = x.shape[1] - x.shape[1] // 2 - 3  # A tokens left unmerged come first, then the B tokens
+    for batch in range(2):
+        for slot in range(x.shape[1] // 2):  # every B token is the size-weighted mean of itself and its sources
+            b_position = 2 * slot + 1
+            sources = [b_position] + [2 * int(s) for s, d in zip(matching.src[batch, :, 0], matching.dst[batch, :, 0])
+                                      if int(d) == slot]
+            weights = size[batch, sources]
+            expected = (x[batch, sources] * weights).sum(0) / weights.sum()
+            torch.testing.assert_close(merged[batch, kept + slot], expected)
+            assert merged_size[batch, kept + slot, 0] == weights.sum()
+    assert torch.allclose(merged_size.sum(1), size.sum(1))  # no token mass is lost
+
+
+def test_matching_never_picks_the_class_token_and_merges_the_most_similar_pair():
+    # A set: tokens 0 (class), 2, 4; B set: tokens 1, 3. Token 1 equals the class token, token 4 equals token 3.
+    metric = torch.tensor([[[1.0, 0], [1.0, 0], [0.7, 0.7], [0, 1.0], [0, 1.0]]])
+    matching = bipartite_soft_matching(metric, r=1)
+    assert isinstance(matching, Matching)
+    assert (matching.src.item(), matching.dst.item()) == (2, 1)  # A-index 2 (token 4) into B-index 1 (token 3)
+    assert matching.unmerged.flatten().tolist() == [0, 1]  # class token kept, and first
+    assert bipartite_soft_matching(metric, r=0) is None
+
+
+def test_proportional_attention_changes_nothing_without_merges_but_matters_after():
+    torch.manual_seed(0)
+    on = harness.adapt(micro(), "tome", compression="high").eval()
+    off = harness.adapt(micro(), "tome", compression="high", proportional_attention=False).eval()
+    off.load_state_dict(on.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(on(images), off(images))
+
+
+def test_pyra_at_init_equals_tome_and_differs_once_w_d_moves():
+    torch.manual_seed(0)
+    tome = harness.adapt(micro(), "tome", compression="high").eval()
+    pyra = harness.adapt(micro(), "pyra", compression="high").eval()
+    missing = pyra.load_state_dict(tome.state_dict(), strict=False).missing_keys
+    assert missing and all(".modulator." in key for key in missing)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pyra(images), tome(images), rtol=1e-6, atol=1e-6)
+        for block in pyra.blocks:
+            if block.modulator is not None:
+                block.modulator.W_D.normal_()
+        assert not torch.allclose(pyra(images), tome(images), atol=1e-4)
+
+
+def test_pyra_trains_lora_modulators_and_head_and_adds_r_plus_3d_per_block():
+    model = harness.adapt(micro(), "pyra", compression="high")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, _ in model.named_parameters()
+                         if ".lora_" in name or ".modulator." in name or name.startswith("head.")}
+    added = sum(p.numel() for name, p in model.named_parameters() if ".modulator." in name)
+    assert added == sum(r + 3 * 48 for r in model.merge_schedule if r > 0)
+    assert model.blocks[0].modulator.W_r.shape == (model.merge_schedule[0], 1)
+
+
+def test_pyra_lr_scale_gets_its_own_optimizer_group():
+    from harness.train import TrainConfig, build_optimizer
+
+    model = harness.adapt(micro(), "pyra", compression="low", lr_scale=0.1)
+    scales = {group["lr_scale"] for group in build_optimizer(model, TrainConfig()).param_groups}
+    assert scales == {1.0, 0.1}
+
+
+def test_vit_base_gmacs_at_pyra_presets():
+    for level, expected in (("low", 8.78), ("high", 5.08)):
+        model = harness.merge_for_inference(harness.adapt(timm.create_model("vit_base_patch16_224"), "tome",
+                                                          compression=level))
+        assert count_gmacs(model, 224) == pytest.approx(expected, rel=0.01)
+        assert schedule_gmacs(model, model.merge_schedule) == pytest.approx(count_gmacs(model, 224), rel=1e-9)
+
+
+@pytest.mark.parametrize("level, reduction", [("low", 2.0), ("high", 3.46), ("2.5x", 2.5)])
+def test_derived_schedules_reach_their_gmacs_reduction(level, reduction):
+    base = micro()
+    model = harness.merge_for_inference(harness.adapt(micro(), "tome", compression=level))
+    assert count_gmacs(base, 32) / count_gmacs(model, 32) == pytest.approx(reduction, rel=0.04)
+    schedule = model.merge_schedule
+    if level != "low":
+        assert all(a >= b for a, b in zip(schedule, schedule[1:]))  # decreasing
+
+
+def test_bad_compression_values_are_user_errors():
+    model = micro()
+    for value, message in (("medium", "unknown compression 'medium'"), ("[1,2]", "has 2 entries"),
+                           ("50x", "out of reach"), ("0.5x", "below 1x")):
+        with pytest.raises(harness.UserError, match=message):
+            resolve_schedule(model, value)
+
+
+def test_lora_merges_inside_a_patched_model():
+    torch.manual_seed(0)
+    model = harness.adapt(tiny_vit(depth=2), "tome", compression="[3,2]").eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(images)
+        harness.merge_for_inference(model)
+        torch.testing.assert_close(model(images), before, rtol=1e-5, atol=1e-5)

@@ -4,6 +4,7 @@
         [--device cpu] [--amp bf16] [--compile]
 
 Random weights (speed does not depend on them), eval mode, LoRA merged as deployed, ``torch.inference_mode``.
+DiffRate's rates are searched (20 steps) on random images to the GMACs of tome at the same level.
 Rounds interleave the models so drift hits all of them alike; each cell is the median over rounds of one timed
 batch (after warm-up). The figure to watch is ``speed-up / GMACs ratio`` (1.0 = the method turns every saved
 MAC into time).
@@ -23,7 +24,8 @@ import harness
 from harness.measure import count_gmacs
 
 VARIANTS = [("full", "full_ft", None), ("lora", "lora", None), ("tome-low", "tome", "low"),
-            ("tome-high", "tome", "high"), ("pyra-low", "pyra", "low"), ("pyra-high", "pyra", "high")]
+            ("tome-high", "tome", "high"), ("pyra-low", "pyra", "low"), ("pyra-high", "pyra", "high"),
+            ("diffrate-low", "diffrate", "low"), ("diffrate-high", "diffrate", "high")]
 
 
 def main() -> None:
@@ -43,8 +45,10 @@ def main() -> None:
     for label, method, level in VARIANTS:
         torch.manual_seed(0)
         model = timm.create_model(args.backbone, pretrained=False)
-        harness.merge_for_inference(harness.adapt(model, method, level)).eval()
         size = model.patch_embed.img_size[0]
+        options = {"train_data": [torch.randn(8, 3, size, size) for _ in range(4)], "search_steps": 20} \
+            if method == "diffrate" else {}
+        harness.merge_for_inference(harness.adapt(model, method, level, **options)).eval()
         gmacs[label] = count_gmacs(model, size)
         model = model.to(device)
         models[label] = torch.compile(model) if args.compile else model

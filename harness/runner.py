@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import random
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import timm
@@ -85,6 +86,21 @@ def _check_adapts(method: str, compression: str, backbone: str, task: TaskData) 
         adapt(model, method, compression)
 
 
+class NormalizedBatches:
+    """Re-iterable normalised image batches (no labels), for methods that look at training data while adapting
+    (e.g. DiffRate's rate search). A method asks for them by having a ``train_data`` parameter."""
+
+    def __init__(self, loader: Iterable, normalize: Normalize) -> None:
+        self.loader, self.normalize = loader, normalize
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self.normalize(images) for images, _ in self.loader)
+
+
+def _wants_train_data(method: str) -> bool:
+    return "train_data" in inspect.signature(registry.get_method(method).fn).parameters
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -110,14 +126,15 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     _seed_everything(config.seed)
     model = create_backbone(config.backbone, task.num_classes, pretrained=config.pretrained,
                             img_size=task.image_size, drop_path_rate=config.train.drop_path)
-    backbone_params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("head."))
-    adapt(model, config.method, config.compression)
-    model.to(device)
-    total_params, tunable_params = count_parameters(model)
-    trainer = Trainer(model, build_optimizer(model, config.train), Normalize(task.mean, task.std, device),
-                      config.train.label_smoothing)
+    normalize = Normalize(task.mean, task.std, device)
     train_loader = make_loader(task.train_and_val, config.train.batch_size, shuffle=True, seed=config.seed)
     test_loader = make_loader(task.test, 256, shuffle=False)
+    backbone_ids = {id(p) for p in model.parameters()}
+    options = {"train_data": NormalizedBatches(train_loader, normalize)} if _wants_train_data(config.method) else {}
+    model = adapt(model.to(device), config.method, config.compression, **options).to(device)
+    total_params, tunable_params = count_parameters(model)
+    added_params = sum(p.numel() for p in model.parameters() if id(p) not in backbone_ids)
+    trainer = Trainer(model, build_optimizer(model, config.train), normalize, config.train.label_smoothing)
 
     train_mem, mem_method = _probe_train_memory(trainer, next(iter(train_loader)), device)
     _seed_everything(config.seed)
@@ -137,7 +154,7 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
         "gmacs": count_gmacs(model, task.image_size, device),
         "total_params": total_params, "tunable_params": tunable_params,
         "tunable_pct": 100.0 * tunable_params / total_params,
-        "added_params": total_params - backbone_params - sum(p.numel() for p in model.head.parameters()),
+        "added_params": added_params,
         "curve": result.curve,
         **getattr(model, "adaptbench_info", {}),
     }

@@ -149,3 +149,25 @@ def test_lora_merges_inside_a_patched_model():
         before = model(images)
         harness.merge_for_inference(model)
         torch.testing.assert_close(model(images), before, rtol=1e-5, atol=1e-5)
+
+
+def test_small_peft_takes_the_next_smaller_backbone_with_lora():
+    big = timm.create_model("vit_micro_base_patch4_32", num_classes=7)
+    small = harness.adapt(big, "small_peft")
+    assert small is not big and small.embed_dim == 48 and small.num_classes == 7
+    assert small.adaptbench_info["small_backbone"] == "vit_micro_small_patch4_32"
+    assert small.adaptbench_info["added_params"] == 12 * (48 * 4 + 4 * 144)
+    assert {n for n, p in small.named_parameters() if p.requires_grad} == \
+        {n for n, _ in small.named_parameters() if ".lora_" in n or n.startswith("head.")}
+
+
+def test_small_peft_matches_throughput_when_compressed_and_records_the_ratio():
+    small = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=3), "small_peft",
+                          compression="high", bench_batch=8)
+    info = small.adaptbench_info
+    assert info["small_backbone"] == "vit_micro_small_patch4_32" and info["matched_throughput_ratio"] > 0
+
+
+def test_small_peft_refuses_the_smallest_backbone():
+    with pytest.raises(harness.UserError, match="smallest backbone of its family"):
+        harness.adapt(micro(), "small_peft")

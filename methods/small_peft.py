@@ -1,0 +1,74 @@
+"""Small-model PEFT: LoRA on a smaller backbone of the same family, the baseline that defines Adverse Compression.
+
+Uncompressed (``none``) it takes the next smaller backbone (ViT-S for ViT-B, ViT-B for ViT-L, the small micro
+ViT for the big one). With a compression level it measures, on the model's device, the inference throughput of
+the big model compressed by ``tome`` at that level and of every smaller backbone of the family, picks the
+smaller backbone whose throughput is closest, and records the matched throughput ratio in the result row.
+"""
+from __future__ import annotations
+
+import copy
+
+from timm.layers import DropPath
+from torch import nn
+
+import harness
+from harness.backbones import KNOWN_BACKBONES, create_backbone
+from harness.compression import resolve_schedule
+from harness.measure import inference_throughput
+
+
+def smaller_backbones(model: nn.Module) -> list[str]:
+    """Known backbones of the model's family that are smaller than it, largest first."""
+    name = model.pretrained_cfg.get("architecture", "") if hasattr(model, "pretrained_cfg") else ""
+    tagged = f"{name}.{model.pretrained_cfg.get('tag')}" if model.pretrained_cfg.get("tag") else name
+    info = KNOWN_BACKBONES.get(tagged) or next((i for n, i in KNOWN_BACKBONES.items() if n.split(".")[0] == name),
+                                               None)
+    if info is None:
+        raise harness.UserError(f"small_peft needs a backbone from a known family ({', '.join(KNOWN_BACKBONES)}), "
+                                f"not '{tagged}'")
+    candidates = [i for i in KNOWN_BACKBONES.values() if i.family == info.family and i.size_rank < info.size_rank]
+    if not candidates:
+        raise harness.UserError(f"'{tagged}' is the smallest backbone of its family; small_peft has nothing smaller")
+    return [i.name for i in sorted(candidates, key=lambda i: -i.size_rank)]
+
+
+def _like(model: nn.Module, name: str) -> nn.Module:
+    """A backbone called ``name`` set up like ``model``: classes, input size, drop-path, device."""
+    last_drop = model.blocks[-1].drop_path1
+    drop_path = last_drop.drop_prob if isinstance(last_drop, DropPath) else 0.0
+    device = next(model.parameters()).device
+    small = create_backbone(name, model.num_classes, img_size=model.patch_embed.img_size[0],
+                            drop_path_rate=drop_path)
+    return small.to(device)
+
+
+def _throughput(model: nn.Module, batch: int) -> float:
+    deployed = harness.merge_for_inference(copy.deepcopy(model)).eval()
+    device = next(deployed.parameters()).device
+    return inference_throughput(deployed, deployed.patch_embed.img_size[0], device, batch_size=batch,
+                                warmup=2, repeats=5, iters_per_repeat=1).median
+
+
+@harness.register_method("small_peft", compresses=True)
+def small_peft(model: nn.Module, compression: object = None, rank: int | None = None, dropout: float = 0.1,
+               bench_batch: int = 64) -> nn.Module:
+    """LoRA on a smaller backbone: the next smaller one, or the one matching the compressed model's speed."""
+    candidates = smaller_backbones(model)
+    if next(model.parameters()).is_meta:  # the runner's planning pass: check the level, load and time nothing
+        resolve_schedule(model, compression)
+        return model
+    info = {"reference_backbone": model.pretrained_cfg.get("architecture")}
+    if compression is None:
+        chosen = _like(model, candidates[0])
+    else:
+        target = _throughput(harness.adapt(copy.deepcopy(model), "tome", compression), bench_batch)
+        timed = {name: _throughput(_like(model, name), bench_batch) for name in candidates}
+        best = min(timed, key=lambda name: abs(timed[name] / target - 1))
+        chosen = _like(model, best)
+        info.update(matched_throughput_ratio=timed[best] / target, compressed_reference_img_per_s=target)
+    harness.adapt(chosen, "lora", rank=rank, dropout=dropout)
+    lora_params = sum(p.numel() for name, p in chosen.named_parameters() if ".lora_" in name)
+    harness.record_info(chosen, small_backbone=chosen.pretrained_cfg.get("architecture"), added_params=lora_params,
+                        **info)
+    return chosen

@@ -7,8 +7,11 @@ half the heads, same head size and depth), so the micro pair mirrors the big pai
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -52,20 +55,48 @@ KNOWN_BACKBONES: dict[str, BackboneInfo] = {info.name: info for info in (
 )}
 
 
-def _micro_cfg() -> dict:
-    return dict(num_classes=0, input_size=(3, 32, 32), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv="patch_embed.proj", classifier="head", license="apache-2.0")
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+PRETRAIN_TAG = "fractal200"  # formula-driven pretraining, 200 classes (harness/pretrain.py)
+
+
+def _micro_cfg(name: str) -> dict:
+    """Weights from ``python -m harness.pretrain``, a local file under ``harness/weights/``:
+    ``timm.create_model(name, pretrained=True)`` needs no network and verifies the file's sha256 first."""
+    return dict(file=str(WEIGHTS_DIR / f"{name}.safetensors"), num_classes=200, input_size=(3, 32, 32),
+                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_embed.proj",
+                classifier="head", license="apache-2.0")
 
 
 default_cfgs = generate_default_cfgs({
-    "vit_micro_small_patch4_32": _micro_cfg(),
-    "vit_micro_base_patch4_32": _micro_cfg(),
+    f"vit_micro_small_patch4_32.{PRETRAIN_TAG}": _micro_cfg("vit_micro_small_patch4_32"),
+    f"vit_micro_base_patch4_32.{PRETRAIN_TAG}": _micro_cfg("vit_micro_base_patch4_32"),
 })
 
 
+def shipped_weights(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def verify_shipped_weights(name: str) -> dict:
+    """Check the shipped file against the sha256 recorded when it was made; returns that record."""
+    record_path, weights_path = WEIGHTS_DIR / f"{name}.json", shipped_weights(name)
+    if not record_path.is_file() or not weights_path.is_file():
+        raise UserError(f"shipped weights for {name} are missing from {WEIGHTS_DIR}; restore them from git "
+                        f"(git checkout -- harness/weights) or rebuild them with python -m harness.pretrain")
+    record = json.loads(record_path.read_text())
+    digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    if digest != record["sha256"]:
+        raise UserError(f"shipped weights {weights_path} are corrupt (sha256 {digest[:12]}..., recorded "
+                        f"{record['sha256'][:12]}...); restore them from git or rebuild with python -m harness.pretrain")
+    return record
+
+
 def _create_micro_vit(variant: str, pretrained: bool, **kwargs) -> VisionTransformer:
+    if pretrained:
+        verify_shipped_weights(variant)
+    overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), "file": str(shipped_weights(variant))}
     return build_model_with_cfg(VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **kwargs)
+                                pretrained_cfg_overlay=overlay, **kwargs)
 
 
 @register_model
@@ -83,7 +114,10 @@ def vit_micro_base_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransf
 
 
 def has_pretrained_weights(name: str) -> bool:
-    """Whether timm knows where to find weights for ``name`` (hub id, URL or local file)."""
+    """Whether weights for ``name`` can be had: shipped files for the micro ViTs, else timm's sources."""
+    arch, _ = timm.models.split_model_name_tag(name)
+    if arch in default_cfgs:
+        return shipped_weights(arch).is_file()
     cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
     return bool(cfg and cfg.has_weights)
 

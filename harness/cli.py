@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import click
+import torch
 
 from . import registry
 from .backbones import describe_backbones
 from .errors import UserError
+from .measure import MeasureConfig
 from .results import STATUS_OK, load_records, summary_table, write_csv
 from .runner import describe_plan, load_tasks, plan_runs, resolve_device, run_all
 
@@ -22,14 +24,16 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in re.findall(r"\[[^\]]*\]|[^,\[\]]+", value) if part.strip()]
 
 
-def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+def _parse_ints(value: str | None, name: str, minimum: int = 1) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
-        seeds = [int(part) for part in _split(value)]
+        numbers = tuple(int(part) for part in _split(value))
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers, e.g. 0,1,2") from None
-    if not seeds or min(seeds) < 0:
-        raise click.BadParameter("give one or more non-negative integers, e.g. 0,1,2")
-    return seeds
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers", param_hint=name) from None
+    if not numbers or min(numbers) < minimum:
+        raise click.BadParameter(f"give one or more integers of at least {minimum}", param_hint=name)
+    return numbers
 
 
 def _check_writable(out: Path) -> None:
@@ -73,10 +77,26 @@ def _print_listing() -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate of AdamW.  [default: 1e-3]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch.")
-@click.option("--seeds", default="0", show_default=True, callback=_parse_seeds,
+@click.option("--seeds", default="0", show_default=True,
+              callback=lambda ctx, param, value: list(_parse_ints(value, "--seeds", minimum=0)),
               help="Comma-separated seeds; each gives one run per method and task.")
-@click.option("--bench-batch", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Batch size of the inference throughput measurement.")
+@click.option("--bench-batch", default=None, callback=lambda ctx, param, value: _parse_ints(value, "--bench-batch"),
+              help="Comma-separated batch sizes of the inference throughput sweep; the first gives the headline "
+                   "figure, 1 adds batch-1 latency.  [default: 64; 512 with --bench-preset pyra]")
+@click.option("--bench-preset", type=click.Choice(["default", "pyra"]), default="default", show_default=True,
+              help="Timing protocol: default (3 warm-up iterations, 7 timed repeats of 2) or pyra (batch 512, fp32, "
+                   "10 s warm-up, 10 s timed, as PYRA measured).")
+@click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None,
+              help="Measure inference under autocast at this precision.  [default: fp32, as PYRA]")
+@click.option("--compile", "compile_model", is_flag=True, help="Measure inference of torch.compile(model).")
+@click.option("--flops-breakdown", is_flag=True, help="Also record the GMACs of every block.")
+@click.option("--profile", is_flag=True,
+              help="Write torch.profiler traces of a few training and inference steps to <out>/<run>/profile "
+                   "(open with: tensorboard --logdir <out>).")
+@click.option("--max-spread", type=click.FloatRange(min=0), default=0.10, show_default=True,
+              help="Flag a throughput as noisy (infer_noisy) when its IQR / median exceeds this.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (recorded in every row).  [default: torch's choice]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--pretrained/--no-pretrained", default=None,
               help="Load backbone weights.  [default: when the backbone has weights]")
@@ -86,6 +106,9 @@ def _print_listing() -> None:
               help="Folder for the per-run JSON files and results.csv.")
 @click.option("--plugins", multiple=True,
               help="Plugin .py file or module to load (repeatable or comma-separated).")
+@click.option("--isolate", is_flag=True,
+              help="Run each config in its own process, so allocator or compile state from one run cannot change "
+                   "another's figures.")
 @click.option("--force", is_flag=True, help="Rerun configs that already have a finished result file.")
 @click.option("--list", "list_only", is_flag=True, help="List methods, tasks, task groups and backbones, then exit.")
 @click.option("--dry-run", is_flag=True, help="Print the run plan without running it.")
@@ -104,10 +127,13 @@ def main(**options: object) -> None:
 
 
 def _main(methods: str, tasks: str, backbone: str | None, compression: str, epochs: int | None,
-          warmup_epochs: int | None, lr: float | None, batch_size: int, seeds: list[int], bench_batch: int,
-          device: str, pretrained: bool | None, data_root: Path | None, out: Path, plugins: tuple[str, ...],
-          force: bool, list_only: bool, dry_run: bool) -> int:
-    registry.load_plugins([source for value in plugins for source in _split(value)])
+          warmup_epochs: int | None, lr: float | None, batch_size: int, seeds: list[int],
+          bench_batch: tuple[int, ...] | None, bench_preset: str, amp: str | None, compile_model: bool,
+          flops_breakdown: bool, profile: bool, max_spread: float, threads: int | None, device: str, pretrained: bool | None,
+          data_root: Path | None, out: Path, plugins: tuple[str, ...], isolate: bool, force: bool,
+          list_only: bool, dry_run: bool) -> int:
+    plugin_sources = [source for value in plugins for source in _split(value)]
+    registry.load_plugins(plugin_sources)
     if list_only:
         _print_listing()
         return 0
@@ -118,6 +144,11 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     if not method_names or not task_names:
         raise UserError("--methods and --tasks need at least one name each; see --list")
     resolved_device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    measure = MeasureConfig.preset(bench_preset, batches=bench_batch, precision=amp, compile=compile_model or None,
+                                   flops_breakdown=flops_breakdown or None, profile=profile or None,
+                                   max_spread=max_spread)
     if not dry_run:
         _check_writable(out)
     started = time.perf_counter()
@@ -127,13 +158,15 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     levels = None if compression is None else (_split(compression) or ["none"])
     configs = plan_runs(method_names, task_data, seeds=seeds, compressions=levels,
                         backbone=backbone, pretrained=pretrained, device=resolved_device,
-                        train_overrides=overrides, bench_batch=bench_batch)
+                        train_overrides=overrides, measure=measure)
     if dry_run:
         click.echo("\n".join(describe_plan(configs)))
         return 0
     click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s); "
                f"results -> {out}/")
-    records = run_all(configs, task_data, out, resolved_device, force=force, log=click.echo)
+    records = run_all(configs, task_data, out, resolved_device, force=force, log=click.echo, isolate=isolate,
+                      plugins=[str(Path(source).resolve()) if source.endswith(".py") else source
+                               for source in plugin_sources], data_root=data_root)
     csv_path = write_csv(out, load_records(out))
     click.echo("\n" + summary_table(records) + "\n")
     failed = sum(record["status"] != STATUS_OK for record in records)

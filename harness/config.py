@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from .measure import MeasureConfig
 from .train import TrainConfig
 
 
@@ -20,10 +21,15 @@ class RunConfig:
     pretrained: bool
     device: str
     train: TrainConfig
-    bench_batch: int = 64
+    measure: MeasureConfig = MeasureConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "RunConfig":
+        measure = {key: tuple(value) if isinstance(value, list) else value for key, value in fields["measure"].items()}
+        return cls(**{**fields, "train": TrainConfig(**fields["train"]), "measure": MeasureConfig(**measure)})
 
     @property
     def key(self) -> str:

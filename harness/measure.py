@@ -40,8 +40,7 @@ def _layer_norm_flops(input_shape, *args, **kwargs) -> int:
 
 
 @torch.no_grad()
-def count_gmacs(model: nn.Module, image_size: int, device: torch.device | str = "cpu") -> float:
-    """GMACs of one image through ``model`` in eval mode, in fvcore's convention."""
+def _count(model: nn.Module, image_size: int, device: torch.device | str) -> FlopCounterMode:
     was_training = model.training
     model.eval()
     images = torch.zeros(1, 3, image_size, image_size, device=device)
@@ -49,7 +48,47 @@ def count_gmacs(model: nn.Module, image_size: int, device: torch.device | str = 
     with sdpa_kernel(SDPBackend.MATH), counter:
         model(images)
     model.train(was_training)
-    return counter.get_total_flops() / 2e9
+    return counter
+
+
+def count_gmacs(model: nn.Module, image_size: int, device: torch.device | str = "cpu") -> float:
+    """GMACs of one image through ``model`` in eval mode, in fvcore's convention."""
+    return _count(model, image_size, device).get_total_flops() / 2e9
+
+
+def gmacs_per_block(model: nn.Module, image_size: int, device: torch.device | str = "cpu") -> list[float]:
+    """GMACs of each transformer block (``model.blocks[i]``), counted as :func:`count_gmacs` counts."""
+    counts = _count(model, image_size, device).get_flop_counts()
+    per_module = {name.split(".", 1)[-1]: sum(ops.values()) for name, ops in counts.items()}
+    return [per_module.get(f"blocks.{index}", 0) / 2e9 for index in range(len(model.blocks))]
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How inference is timed. Presets: ``default`` (quick, counts) and ``pyra`` (PYRA's protocol)."""
+
+    batches: tuple[int, ...] = (64,)
+    precision: str = "fp32"
+    compile: bool = False
+    warmup_iters: int = 3
+    warmup_seconds: float = 0.0
+    repeats: int = 7
+    iters_per_repeat: int = 2
+    timed_seconds: float = 0.0
+    max_spread: float = 0.10  # interquartile range / median above this flags the figure as noisy
+    profile: bool = False
+    flops_breakdown: bool = False
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "MeasureConfig":
+        """``pyra``: batch 512, fp32, 10 s of warm-up then 10 s timed, one iteration per timed repeat."""
+        presets = {"default": {}, "pyra": dict(batches=(512,), precision="fp32", warmup_iters=1,
+                                                warmup_seconds=10.0, repeats=1, iters_per_repeat=1,
+                                                timed_seconds=10.0)}
+        return cls(**{**presets[name], **{k: v for k, v in overrides.items() if v is not None}})
 
 
 @dataclass(frozen=True)
@@ -72,36 +111,65 @@ def summarize_rates(rates: list[float], batch_size: int) -> Throughput:
 
 
 def time_repeats(run_once: Callable[[], None], *, warmup: int, repeats: int, iters_per_repeat: int,
+                 warmup_seconds: float = 0.0, timed_seconds: float = 0.0,
                  synchronize: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    """Seconds per iteration for each of ``repeats`` timed blocks, after ``warmup`` untimed iterations."""
-    for _ in range(warmup):
+    """Seconds per iteration of each timed block.
+
+    Warm-up: at least ``warmup`` iterations and ``warmup_seconds``. Timing: blocks of ``iters_per_repeat``
+    iterations, synchronised at both ends, until there are ``repeats`` blocks and ``timed_seconds`` have passed.
+    """
+    started = clock()
+    done = 0
+    while done < warmup or clock() - started < warmup_seconds:
         run_once()
+        done += 1
     synchronize()
-    seconds = []
-    for _ in range(repeats):
-        started = clock()
+    seconds: list[float] = []
+    timing_started = clock()
+    while len(seconds) < repeats or clock() - timing_started < timed_seconds:
+        block_started = clock()
         for _ in range(iters_per_repeat):
             run_once()
         synchronize()
-        seconds.append((clock() - started) / iters_per_repeat)
+        seconds.append((clock() - block_started) / iters_per_repeat)
     return seconds
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.inference_mode()
 def inference_throughput(model: nn.Module, image_size: int, device: torch.device, *, batch_size: int = 64,
-                         warmup: int = 3, repeats: int = 7, iters_per_repeat: int = 2) -> Throughput:
-    """Images/s of ``model`` in eval mode on random input (speed does not depend on the pixel values)."""
+                         settings: MeasureConfig = MeasureConfig()) -> Throughput:
+    """Images/s of ``model`` in eval mode on random input (speed does not depend on the pixel values).
+
+    On CUDA out-of-memory the batch is halved until it fits, as timm's benchmark does; the result says which
+    batch was used.
+    """
     model.eval()
-    images = torch.randn(batch_size, 3, image_size, image_size, device=device)
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    seconds = time_repeats(lambda: model(images), warmup=warmup, repeats=repeats,
-                           iters_per_repeat=iters_per_repeat, synchronize=synchronize)
-    return summarize_rates([batch_size / s for s in seconds], batch_size)
+    while True:
+        try:
+            images = torch.randn(batch_size, 3, image_size, image_size, device=device)
+            with autocast(device, settings.precision):
+                seconds = time_repeats(lambda: model(images), warmup=settings.warmup_iters,
+                                       warmup_seconds=settings.warmup_seconds, repeats=settings.repeats,
+                                       iters_per_repeat=settings.iters_per_repeat,
+                                       timed_seconds=settings.timed_seconds, synchronize=synchronize)
+            return summarize_rates([batch_size / s for s in seconds], batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            del images
+            torch.cuda.empty_cache()
+            batch_size //= 2
 
 
 @contextlib.contextmanager
-def _silence_native_stderr() -> Iterator[None]:
+def silence_native_stderr() -> Iterator[None]:
     """The profiler's C++ side prints start/stop lines to fd 2; keep them out of the user's console."""
     saved = os.dup(2)
     try:
@@ -115,7 +183,7 @@ def _silence_native_stderr() -> Iterator[None]:
 
 def _profiled_cpu_peak_bytes(fn: Callable[[], object]) -> int:
     """Peak of torch's CPU allocations above the level at the start of ``fn``, from profiler memory events."""
-    with _silence_native_stderr():
+    with silence_native_stderr():
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
     events = sorted((event.start_ns(), event.nbytes()) for event in prof.profiler.kineto_results.events()

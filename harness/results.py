@@ -85,10 +85,13 @@ def run_files(out_dir: Path) -> list[Path]:
 
 
 def flatten(record: dict) -> dict:
-    """One flat row: config fields, train settings (``train_``), scalar metrics and environment (``env_``)."""
+    """One flat row: config fields, train (``train_``) and measurement (``measure_``) settings, scalar metrics
+    and environment (``env_``)."""
     config = dict(record["config"])
-    row = {key: value for key, value in config.items() if key != "train"}
-    row.update({f"train_{key}": value for key, value in config["train"].items()})
+    row = {key: value for key, value in config.items() if not isinstance(value, dict)}
+    for section in ("train", "measure"):
+        row.update({f"{section}_{key}": ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+                    for key, value in config.get(section, {}).items()})
     row.update({"key": record["key"], "status": record["status"], "reason": record.get("reason")})
     row.update({key: value for key, value in record.get("metrics", {}).items()
                 if not isinstance(value, (list, dict))})  # curves stay in the JSON file

@@ -1,10 +1,13 @@
 """Plan runs from the CLI's choices, then execute each: build -> adapt -> train -> measure -> one result file."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import random
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -20,7 +23,8 @@ from .backbones import check_backbone_name, create_backbone, has_pretrained_weig
 from .config import RunConfig
 from .data import Normalize, TaskData, make_loader
 from .errors import RunFailed, UserError
-from .measure import count_gmacs, count_parameters, inference_throughput, peak_memory_mb
+from .measure import (MeasureConfig, autocast, count_gmacs, count_parameters, gmacs_per_block,
+                      inference_throughput, peak_memory_mb, silence_native_stderr)
 from .results import STATUS_FAILED, STATUS_OK, STATUS_RUNNING, environment, write_json_atomic
 from .train import TrainConfig, Trainer, build_optimizer, fit
 
@@ -49,7 +53,7 @@ def load_tasks(names: Sequence[str], data_root: Path | None) -> dict[str, TaskDa
 
 def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequence[int],
               compressions: Sequence[str] | None, backbone: str | None, pretrained: bool | None, device: torch.device,
-              train_overrides: dict, bench_batch: int) -> list[RunConfig]:
+              train_overrides: dict, measure: MeasureConfig = MeasureConfig()) -> list[RunConfig]:
     """The cross product methods x compressions x tasks x seeds, each with every setting resolved.
 
     ``compressions=None`` runs compressing methods at :data:`DEFAULT_COMPRESSION`. Every (method, level,
@@ -75,7 +79,7 @@ def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequ
                 _check_adapts(spec.name, level, task_backbone, task)
                 for seed in seeds:
                     configs.append(RunConfig(spec.name, task_name, task_backbone, seed, level, use_pretrained,
-                                             device.type, train, bench_batch))
+                                             device.type, train, measure))
     return configs
 
 
@@ -107,22 +111,53 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _probe_train_memory(trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor],
-                        device: torch.device) -> tuple[float, str]:
-    """Peak memory of one training step from a fresh optimizer; weights and optimizer are restored after."""
-    model, optimizer = trainer.model, trainer.optimizer
-    saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    peak, method = peak_memory_mb(lambda: trainer.train_step(*batch), device, model, optimizer)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in saved:
-                param.copy_(saved[name])
-    optimizer.state.clear()
-    return peak, method
+@contextlib.contextmanager
+def _undone_steps(trainer: Trainer) -> Iterator[None]:
+    """Training steps taken inside leave no trace: trainable weights and optimizer state are restored."""
+    saved = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, param in trainer.model.named_parameters():
+                if name in saved:
+                    param.copy_(saved[name])
+        trainer.optimizer.state.clear()
 
 
-def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, log: Log) -> dict:
-    """Everything one run does between its config and its metrics."""
+def _profile(step: Callable[[], object], device: torch.device, folder: Path, worker: str) -> None:
+    """A few steps under torch.profiler (wait 1, warm-up 1, active 3), as TensorBoard's profiler plugin reads."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with silence_native_stderr(), torch.profiler.profile(
+            activities=activities, schedule=torch.profiler.schedule(wait=1, warmup=1, active=3),
+            on_trace_ready=torch.profiler.tensorboard_trace_handler(str(folder), worker_name=worker),
+            record_shapes=True, profile_memory=True) as profiler:
+        for _ in range(5):
+            step()
+            profiler.step()
+
+
+def _scalar_writer(run_dir: Path | None):
+    if run_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard loads slowly
+
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _write_scalars(writer, entry: dict) -> None:
+    if writer is not None:
+        for key, tag in (("loss", "train/loss"), ("lr", "train/lr"), ("test_acc", "test/acc")):
+            if key in entry:
+                writer.add_scalar(tag, entry[key], entry["epoch"])
+
+
+def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, log: Log,
+                      run_dir: Path | None = None) -> dict:
+    """Everything one run does between its config and its metrics; ``run_dir`` receives its TensorBoard
+    scalars and, with ``--profile``, its profiler traces."""
     _seed_everything(config.seed)
     model = create_backbone(config.backbone, task.num_classes, pretrained=config.pretrained,
                             img_size=task.image_size, drop_path_rate=config.train.drop_path)
@@ -136,19 +171,33 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     added_params = sum(p.numel() for p in model.parameters() if id(p) not in backbone_ids)
     trainer = Trainer(model, build_optimizer(model, config.train), normalize, config.train.label_smoothing)
 
-    train_mem, mem_method = _probe_train_memory(trainer, next(iter(train_loader)), device)
+    first_batch = next(iter(train_loader))
+    with _undone_steps(trainer):
+        train_mem, mem_method = peak_memory_mb(lambda: trainer.train_step(*first_batch), device, model,
+                                               trainer.optimizer)
+    if config.measure.profile and run_dir is not None:
+        with _undone_steps(trainer):
+            _profile(lambda: trainer.train_step(*first_batch), device, run_dir / "profile", "train")
     _seed_everything(config.seed)
-    result = fit(trainer, train_loader, test_loader, config.train, log)
+    writer = _scalar_writer(run_dir)
+    result = fit(trainer, train_loader, test_loader, config.train, log,
+                 on_epoch=lambda entry: _write_scalars(writer, entry))
+    if writer is not None:
+        writer.close()
 
     merge_for_inference(model).eval()
-    throughput = inference_throughput(model, task.image_size, device, batch_size=config.bench_batch)
-    probe = torch.randn(config.bench_batch, 3, task.image_size, task.image_size, device=device)
-    with torch.inference_mode():
+    inference = _measure_inference(model, task.image_size, device, config.measure)
+    if config.measure.profile and run_dir is not None:
+        images = torch.randn(inference["infer_batch"], 3, task.image_size, task.image_size, device=device)
+        with torch.inference_mode():
+            _profile(lambda: model(images), device, run_dir / "profile", "inference")
+    probe = torch.randn(inference["infer_batch"], 3, task.image_size, task.image_size, device=device)
+    with torch.inference_mode(), autocast(device, config.measure.precision):
         infer_mem, _ = peak_memory_mb(lambda: model(probe), device, model)
+    if config.measure.flops_breakdown:
+        inference["gmacs_per_block"] = ",".join(f"{g:.5g}" for g in gmacs_per_block(model, task.image_size, device))
     return {
-        "test_acc_best": result.test_acc_best, "test_acc_last": result.test_acc_last,
-        "infer_img_per_s": throughput.median, "infer_img_per_s_iqr": throughput.iqr,
-        "infer_repeats": throughput.repeats, "infer_batch": throughput.batch_size,
+        "test_acc_best": result.test_acc_best, "test_acc_last": result.test_acc_last, **inference,
         "train_img_per_s": result.train_img_per_s, "train_seconds": result.train_seconds,
         "train_peak_mem_mb": train_mem, "infer_peak_mem_mb": infer_mem, "mem_method": mem_method,
         "gmacs": count_gmacs(model, task.image_size, device),
@@ -160,6 +209,24 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     }
 
 
+def _measure_inference(model: torch.nn.Module, image_size: int, device: torch.device,
+                       settings: MeasureConfig) -> dict:
+    """Throughput at every batch of the sweep; the first batch gives the headline columns."""
+    measured = torch.compile(model) if settings.compile else model
+    metrics: dict = {"precision": settings.precision, "compiled": settings.compile}
+    for index, batch in enumerate(settings.batches):
+        throughput = inference_throughput(measured, image_size, device, batch_size=batch, settings=settings)
+        metrics[f"infer_img_per_s_b{throughput.batch_size}"] = throughput.median  # the batch that fitted
+        if batch == 1:
+            metrics["latency_ms_b1"] = 1000.0 / throughput.median
+        if index == 0:
+            metrics.update(infer_img_per_s=throughput.median, infer_img_per_s_iqr=throughput.iqr,
+                           infer_spread=throughput.relative_spread,
+                           infer_noisy=throughput.relative_spread > settings.max_spread,
+                           infer_repeats=throughput.repeats, infer_batch=throughput.batch_size)
+    return metrics
+
+
 def execute(config: RunConfig, task: TaskData, out_dir: Path, device: torch.device, log: Log) -> dict:
     """Run one config and write its result file: ``running`` first, then ``ok`` or ``failed`` with a reason."""
     path = out_dir / f"{config.file_stem}.json"
@@ -168,7 +235,7 @@ def execute(config: RunConfig, task: TaskData, out_dir: Path, device: torch.devi
     write_json_atomic(path, record)
     started = time.perf_counter()
     try:
-        record["metrics"] = train_and_measure(config, task, device, log)
+        record["metrics"] = train_and_measure(config, task, device, log, out_dir / config.file_stem)
         record["status"] = STATUS_OK
     except KeyboardInterrupt:
         record.update(status=STATUS_FAILED, reason="interrupted by the user")
@@ -184,18 +251,36 @@ def execute(config: RunConfig, task: TaskData, out_dir: Path, device: torch.devi
     return record
 
 
-def finished_record(config: RunConfig, out_dir: Path) -> dict | None:
-    """The stored record of this exact config if it finished successfully."""
-    path = out_dir / f"{config.file_stem}.json"
+def _read_record(path: Path) -> dict | None:
     try:
-        record = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return record if record.get("status") == STATUS_OK else None
+
+
+def finished_record(config: RunConfig, out_dir: Path) -> dict | None:
+    """The stored record of this exact config if it finished successfully."""
+    record = _read_record(out_dir / f"{config.file_stem}.json")
+    return record if record is not None and record.get("status") == STATUS_OK else None
+
+
+def execute_isolated(config: RunConfig, out_dir: Path, plugins: Sequence[str], data_root: Path | None) -> dict:
+    """Run one config in a fresh Python process, so no allocator or compile state from an earlier run can
+    change its figures; its progress goes to our stdout and its result file is read back."""
+    command = [sys.executable, "-m", "harness.isolated", json.dumps(config.to_dict()), str(out_dir),
+               str(data_root or ""), *plugins]
+    subprocess.run(command, check=False)
+    record = _read_record(out_dir / f"{config.file_stem}.json")
+    if record is None or record.get("status") == STATUS_RUNNING:
+        record = {"key": config.key, "config": config.to_dict(), "status": STATUS_FAILED,
+                  "reason": "the isolated run's process died before finishing (see its output above)"}
+        write_json_atomic(out_dir / f"{config.file_stem}.json", record)
+    return record
 
 
 def run_all(configs: Sequence[RunConfig], tasks: dict[str, TaskData], out_dir: Path, device: torch.device, *,
-            force: bool = False, log: Log = print) -> list[dict]:
+            force: bool = False, log: Log = print, isolate: bool = False, plugins: Sequence[str] = (),
+            data_root: Path | None = None) -> list[dict]:
     records = []
     for index, config in enumerate(configs, 1):
         prefix = f"[{index}/{len(configs)}] {config.label}"
@@ -205,7 +290,10 @@ def run_all(configs: Sequence[RunConfig], tasks: dict[str, TaskData], out_dir: P
             records.append(cached)
             continue
         log(prefix)
-        record = execute(config, tasks[config.task], out_dir, device, log)
+        if isolate:
+            record = execute_isolated(config, out_dir, plugins, data_root)
+        else:
+            record = execute(config, tasks[config.task], out_dir, device, log)
         if record["status"] == STATUS_OK:
             metrics = record["metrics"]
             log(f"  ok in {record['wall_seconds']:.0f}s: test acc best {metrics['test_acc_best']:.2f}% "

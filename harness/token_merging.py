@@ -115,10 +115,7 @@ class TokenMergingAttention(Attention):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, tokens, -1)
-        out = getattr(self, "norm", nn.Identity())(out)
-        if getattr(self, "gate", None) is not None:
-            raise UserError("gated attention is not supported by token merging")
-        return self.proj_drop(self.proj(out)), k.mean(1)
+        return self.proj_drop(self.proj(self.norm(out))), k.mean(1)
 
 
 class TokenMergingBlock(Block):
@@ -197,8 +194,8 @@ def patch_token_merging(model: VisionTransformer, schedule: list[int], proportio
     record_info(model, merge_schedule=",".join(map(str, model.merge_schedule)),
                 final_tokens=token_counts(model, model.merge_schedule)[-1])
     for block, r in zip(model.blocks, model.merge_schedule):
-        if type(block) is not Block or type(block.attn) is not Attention:
-            raise UserError(f"token merging supports timm's plain Block/Attention, not "
+        if type(block) is not Block or type(block.attn) is not Attention or getattr(block.attn, "gate", None):
+            raise UserError(f"token merging supports timm's plain Block/Attention (ungated), not "
                             f"{type(block).__name__}/{type(block.attn).__name__}")
         block.__class__ = TokenMergingBlock
         block.attn.__class__ = TokenMergingAttention

@@ -128,8 +128,11 @@ def train_epoch(trainer: Trainer, loader: Iterable, schedule: Schedule, first_st
 
 
 def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, config: TrainConfig,
-        log: Callable[[str], None] = print) -> TrainResult:
-    """Train for ``config.epochs`` epochs, evaluating every ``eval_every`` epochs and after the last one."""
+        log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] = lambda entry: None) -> TrainResult:
+    """Train for ``config.epochs`` epochs, evaluating every ``eval_every`` epochs and after the last one.
+
+    ``on_epoch`` receives each epoch's curve entry (loss, lr, and test_acc when evaluated) as it is made.
+    """
     steps_per_epoch = len(train_loader)
     schedule = Schedule(config, steps_per_epoch)
     device = trainer.normalize.device
@@ -153,5 +156,6 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
             accuracies.append(entry["test_acc"])
             message += f"  test acc {entry['test_acc']:.2f}%"
         curve.append(entry)
+        on_epoch(entry)
         log(message)
     return TrainResult(max(accuracies), accuracies[-1], train_seconds, train_images, curve)

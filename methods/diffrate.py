@@ -100,7 +100,7 @@ class DiffRateAttention(Attention):
             out = weights @ v
             cls_attention = weights[:, :, 0].mean(1)
         out = out.transpose(1, 2).reshape(batch, tokens, -1)
-        return self.proj_drop(self.proj(out)), cls_attention
+        return self.proj_drop(self.proj(self.norm(out))), cls_attention
 
 
 def _similarity_merge(x: torch.Tensor, size: torch.Tensor, kept: int, upto: int,

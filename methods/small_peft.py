@@ -15,7 +15,7 @@ from torch import nn
 import harness
 from harness.backbones import KNOWN_BACKBONES, create_backbone
 from harness.compression import resolve_schedule
-from harness.measure import inference_throughput
+from harness.measure import MeasureConfig, inference_throughput
 
 
 def smaller_backbones(model: nn.Module) -> list[str]:
@@ -46,8 +46,9 @@ def _like(model: nn.Module, name: str) -> nn.Module:
 def _throughput(model: nn.Module, batch: int) -> float:
     deployed = harness.merge_for_inference(copy.deepcopy(model)).eval()
     device = next(deployed.parameters()).device
+    quick = MeasureConfig(warmup_iters=2, repeats=5, iters_per_repeat=1)
     return inference_throughput(deployed, deployed.patch_embed.img_size[0], device, batch_size=batch,
-                                warmup=2, repeats=5, iters_per_repeat=1).median
+                                settings=quick).median
 
 
 @harness.register_method("small_peft", compresses=True)

@@ -129,3 +129,28 @@ def test_help_names_every_option():
     for option in ("--methods", "--tasks", "--backbone", "--epochs", "--seeds", "--batch-size", "--device", "--out",
                    "--plugins", "--list", "--dry-run"):
         assert option in text
+
+
+def test_measurement_options_reach_the_row_and_the_run_folder(plugin_file, tmp_path):
+    out = tmp_path / "runs"
+    result = invoke("--plugins", str(plugin_file), "--methods", "lora", "--tasks", "tiny", "--bench-batch", "4,1",
+                    "--amp", "bf16", "--flops-breakdown", "--profile", "--threads", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(out.glob("*.json")).read_text())
+    metrics = record["metrics"]
+    assert metrics["infer_batch"] == 4 and metrics["infer_img_per_s_b1"] > 0 and metrics["latency_ms_b1"] > 0
+    assert metrics["precision"] == "bf16" and len(metrics["gmacs_per_block"].split(",")) == 12
+    assert record["environment"]["cpu_threads"] == 2 and isinstance(metrics["infer_noisy"], bool)
+    run_dir = out / next(out.glob("*.json")).stem
+    traces = sorted(path.name for path in (run_dir / "profile").glob("*.pt.trace.json*"))
+    assert any(name.startswith("train") for name in traces) and any(name.startswith("inference") for name in traces)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_isolated_runs_write_the_same_kind_of_record(plugin_file, tmp_path):
+    out = tmp_path / "runs"
+    result = invoke("--plugins", str(plugin_file), "--methods", "bitfit", "--tasks", "tiny", "--bench-batch", "8",
+                    "--isolate", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(out.glob("*.json")).read_text())
+    assert record["status"] == "ok" and record["metrics"]["test_acc_best"] > 0

@@ -62,3 +62,36 @@ def test_cpu_peak_memory_grows_with_batch():
     large, _ = peak_memory_mb(step(64), device, model)
     assert method == "cpu_resident_plus_profiler_peak"
     assert large > 2 * small > 0
+
+
+def test_time_based_warmup_and_timing_follow_the_clock():
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    def run_once():
+        now[0] += 0.25  # each iteration takes a quarter second
+
+    seconds = time_repeats(run_once, warmup=1, warmup_seconds=2.0, repeats=1, iters_per_repeat=1,
+                           timed_seconds=3.0, clock=clock)
+    assert now[0] == pytest.approx(2.0 + 3.0)  # 8 warm-up iterations, then 12 timed ones
+    assert seconds == [0.25] * 12
+
+
+def test_pyra_preset_is_papers_protocol_and_overrides_apply():
+    from harness.measure import MeasureConfig
+
+    preset = MeasureConfig.preset("pyra")
+    assert (preset.batches, preset.precision, preset.warmup_seconds, preset.timed_seconds) == ((512,), "fp32", 10, 10)
+    assert MeasureConfig.preset("pyra", batches=(64,)).batches == (64,)
+    assert MeasureConfig.preset("default", precision=None).precision == "fp32"
+
+
+def test_per_block_gmacs_add_up_to_the_blocks_share_of_the_total():
+    from harness.measure import gmacs_per_block
+
+    model = harness.adapt(tiny_vit(depth=3), "tome", compression="[4,2,0]")
+    blocks = gmacs_per_block(model, 16)
+    assert len(blocks) == 3 and blocks[0] > blocks[1] > blocks[2] > 0  # fewer tokens in every later block
+    assert sum(blocks) < count_gmacs(model, 16)  # patch embedding, final norm and head are outside the blocks

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from harness.config import RunConfig
+from harness.measure import MeasureConfig
 from harness.results import flatten, write_json_atomic
 from harness.train import TrainConfig
 
@@ -16,7 +17,7 @@ def _config(**changes) -> RunConfig:
 def test_config_key_is_stable_and_sensitive_to_every_field():
     assert _config().key == _config().key
     variants = [_config(seed=1), _config(method="full_ft"), _config(train=TrainConfig(epochs=3, lr=2e-3)),
-                _config(device="cuda"), _config(bench_batch=32)]
+                _config(device="cuda"), _config(measure=MeasureConfig(batches=(32,)))]
     assert len({variant.key for variant in variants} | {_config().key}) == len(variants) + 1
 
 

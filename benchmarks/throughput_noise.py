@@ -1,0 +1,46 @@
+"""How repeatable is a throughput figure? The same model measured N times in one process.
+
+    python benchmarks/throughput_noise.py [--backbone vit_micro_base_patch4_32] [--batch 64] [--times 10]
+
+Each measurement is the harness's own (warm-up, timed repeats, median and IQR). Prints every median with its IQR,
+the coefficient of variation of the N medians, and whether every pair of medians lies within the reported
+spread (each one inside the other's median ± IQR).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+
+import timm
+import torch
+
+import harness
+from harness.measure import MeasureConfig, inference_throughput
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="vit_micro_base_patch4_32")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--times", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    model = harness.merge_for_inference(harness.adapt(timm.create_model(args.backbone, pretrained=False), "lora"))
+    model = model.to(device).eval()
+    size = model.patch_embed.img_size[0]
+    results = [inference_throughput(model, size, device, batch_size=args.batch, settings=MeasureConfig())
+               for _ in range(args.times)]
+    medians = [r.median for r in results]
+    for index, result in enumerate(results, 1):
+        print(f"{index:2d}: {result.median:9.1f} img/s  (IQR {result.iqr:.1f}, spread {result.relative_spread:.3f})")
+    cv = statistics.stdev(medians) / statistics.mean(medians)
+    within = all(abs(a.median - b.median) <= max(a.iqr, b.iqr) for a, b in itertools.combinations(results, 2))
+    print(f"{args.backbone}, batch {args.batch}, {torch.get_num_threads()} threads: mean {statistics.mean(medians):.1f} "
+          f"img/s, coefficient of variation of the medians {100 * cv:.2f} %, every pair within the reported "
+          f"spread: {within}")
+
+
+if __name__ == "__main__":
+    main()

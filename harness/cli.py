@@ -84,8 +84,8 @@ def _print_listing() -> None:
               help="Comma-separated batch sizes of the inference throughput sweep; the first gives the headline "
                    "figure, 1 adds batch-1 latency.  [default: 64; 512 with --bench-preset pyra]")
 @click.option("--bench-preset", type=click.Choice(["default", "pyra"]), default="default", show_default=True,
-              help="Timing protocol: default (3 warm-up iterations, 7 timed repeats of 2) or pyra (batch 512, fp32, "
-                   "10 s warm-up, 10 s timed, as PYRA measured).")
+              help="Timing protocol: default (warm-up of at least 3 iterations and 1 s, then 7 timed repeats of 2 "
+                   "iterations) or pyra (batch 512, fp32, 10 s warm-up, 10 s timed, as PYRA measured).")
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None,
               help="Measure inference under autocast at this precision.  [default: fp32, as PYRA]")
 @click.option("--compile", "compile_model", is_flag=True, help="Measure inference of torch.compile(model).")

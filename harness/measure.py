@@ -74,7 +74,7 @@ class MeasureConfig:
     precision: str = "fp32"
     compile: bool = False
     warmup_iters: int = 3
-    warmup_seconds: float = 0.0
+    warmup_seconds: float = 1.0  # the first figure of a process is slow without it (benchmarks/throughput_noise.py)
     repeats: int = 7
     iters_per_repeat: int = 2
     timed_seconds: float = 0.0

@@ -20,8 +20,9 @@ from harness.measure import MeasureConfig, inference_throughput
 
 def smaller_backbones(model: nn.Module) -> list[str]:
     """Known backbones of the model's family that are smaller than it, largest first."""
-    name = model.pretrained_cfg.get("architecture", "") if hasattr(model, "pretrained_cfg") else ""
-    tagged = f"{name}.{model.pretrained_cfg.get('tag')}" if model.pretrained_cfg.get("tag") else name
+    cfg = model.pretrained_cfg  # every timm model has one
+    name = cfg.get("architecture", "")
+    tagged = f"{name}.{cfg['tag']}" if cfg.get("tag") else name
     info = KNOWN_BACKBONES.get(tagged) or next((i for n, i in KNOWN_BACKBONES.items() if n.split(".")[0] == name),
                                                None)
     if info is None:

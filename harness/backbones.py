@@ -56,13 +56,14 @@ KNOWN_BACKBONES: dict[str, BackboneInfo] = {info.name: info for info in (
 
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-PRETRAIN_TAG = "fractal200"  # formula-driven pretraining, 200 classes (harness/pretrain.py)
+PRETRAIN_CLASSES = 300  # classes of the formula-driven pretraining corpus (harness/pretrain.py)
+PRETRAIN_TAG = f"fdsl{PRETRAIN_CLASSES}"  # formula-driven supervised learning
 
 
 def _micro_cfg(name: str) -> dict:
     """Weights from ``python -m harness.pretrain``, a local file under ``harness/weights/``:
     ``timm.create_model(name, pretrained=True)`` needs no network and verifies the file's sha256 first."""
-    return dict(file=str(WEIGHTS_DIR / f"{name}.safetensors"), num_classes=200, input_size=(3, 32, 32),
+    return dict(file=str(WEIGHTS_DIR / f"{name}.safetensors"), num_classes=PRETRAIN_CLASSES, input_size=(3, 32, 32),
                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_embed.proj",
                 classifier="head", license="apache-2.0")
 

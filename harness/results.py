@@ -52,7 +52,7 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -71,9 +71,9 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_model(),
+        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model(),
         "device_count": torch.cuda.device_count() if cuda else 1,
-        "cpu_model": _cpu_model(), "cpu_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(), "cpu_threads": torch.get_num_threads(),
         "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
         "host_hash": hashlib.sha1(socket.gethostname().encode()).hexdigest()[:10],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

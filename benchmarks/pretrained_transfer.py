@@ -1,0 +1,52 @@
+"""Does the shipped pretraining transfer? LoRA on the pretrained micro backbone vs the same backbone randomly
+initialised, on every embedded task, with the same budget (the offline default protocol).
+
+    python benchmarks/pretrained_transfer.py [--methods lora] [--backbone vit_micro_base_patch4_32]
+                                             [--seeds 0,1,2] [--out runs/transfer]
+
+Runs go through the harness like any benchmark (one result file each, reused when they exist), then a table
+gives per-task test accuracy (mean over seeds) pretrained vs random init and the difference.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from harness import registry
+from harness.results import STATUS_OK, flatten
+from harness.runner import load_tasks, plan_runs, run_all
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="lora")
+    parser.add_argument("--backbone", default="vit_micro_base_patch4_32")
+    parser.add_argument("--tasks", default="offline")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=None, help="default: each task's")
+    parser.add_argument("--out", type=Path, default=Path("runs/transfer"))
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    tasks = load_tasks(registry.expand_tasks(args.tasks.split(",")), None)
+    configs = [config for pretrained in (True, False)
+               for config in plan_runs(args.methods.split(","), tasks, seeds=[int(s) for s in args.seeds.split(",")],
+                                       compressions=None, backbone=args.backbone, pretrained=pretrained,
+                                       device=device, train_overrides={"epochs": args.epochs})]
+    records = run_all(configs, tasks, args.out, device, log=lambda line: print(line, flush=True))
+    frame = pd.DataFrame([flatten(record) for record in records if record["status"] == STATUS_OK])
+    table = frame.pivot_table(index=["method", "task"], columns="pretrained", values="test_acc_best", aggfunc="mean")
+    table = table.rename(columns={True: "pretrained", False: "random init"})
+    table["difference"] = table["pretrained"] - table["random init"]
+    means = table.groupby(level="method").mean()
+    means.index = pd.MultiIndex.from_tuples([(method, "MEAN") for method in means.index], names=table.index.names)
+    seeds = frame.groupby(["method", "pretrained"])["seed"].nunique().min()
+    print(f"\n{args.backbone}, test accuracy % (best of the periodic evaluations), mean over {seeds} seed(s), "
+          f"{len(frame)} ok runs of {len(records)}:")
+    print(pd.concat([table, means]).round(1).to_markdown())
+
+
+if __name__ == "__main__":
+    main()

@@ -159,6 +159,7 @@ def create_backbone(name: str, num_classes: int, *, pretrained: bool | None = No
         raise UserError(f"cannot load pretrained weights for '{name}' ({type(exc).__name__}"
                         f"{', HF_HUB_OFFLINE is set' if offline else ''}); download them once on a machine with "
                         f"network into the Hugging Face cache, or pass --no-pretrained") from exc
+    model.adaptbench_pretrained = pretrained  # methods that build a second backbone (small_peft) follow it
     return model
 
 

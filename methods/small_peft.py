@@ -35,12 +35,13 @@ def smaller_backbones(model: nn.Module) -> list[str]:
 
 
 def _like(model: nn.Module, name: str) -> nn.Module:
-    """A backbone called ``name`` set up like ``model``: classes, input size, drop-path, device."""
+    """A backbone called ``name`` set up like ``model``: classes, input size, drop-path, device, and pretrained
+    weights when ``model`` came pretrained from :func:`harness.create_backbone` (else when weights exist)."""
     last_drop = model.blocks[-1].drop_path1
     drop_path = last_drop.drop_prob if isinstance(last_drop, DropPath) else 0.0
     device = next(model.parameters()).device
     small = create_backbone(name, model.num_classes, img_size=model.patch_embed.img_size[0],
-                            drop_path_rate=drop_path)
+                            drop_path_rate=drop_path, pretrained=getattr(model, "adaptbench_pretrained", None))
     return small.to(device)
 
 

@@ -161,6 +161,15 @@ def test_small_peft_takes_the_next_smaller_backbone_with_lora():
         {n for n, _ in small.named_parameters() if ".lora_" in n or n.startswith("head.")}
 
 
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_small_peft_is_pretrained_exactly_when_the_big_backbone_is(pretrained):
+    big = harness.create_backbone("vit_micro_base_patch4_32", 3, pretrained=pretrained)
+    small = harness.adapt(big, "small_peft")
+    shipped = timm.create_model("vit_micro_small_patch4_32", pretrained=True)
+    same = torch.equal(small.blocks[0].mlp.fc1.weight, shipped.blocks[0].mlp.fc1.weight)
+    assert same is pretrained
+
+
 def test_small_peft_matches_throughput_when_compressed_and_records_the_ratio():
     small = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=3), "small_peft",
                           compression="high", bench_batch=8)

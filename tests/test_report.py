@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from conftest import run_record, write_runs
 
 from harness import UserError, report
+from harness.cli import main
 
 TASKS = ["digits", "photos", "cells", "count", "orientation"]  # the offline suite: 2 natural, 1 specialized, 2 structured
 # Natural (80 + 60) / 2 = 70, specialized 90, structured (40 + 50) / 2 = 45: the mean of the five task means is
@@ -214,3 +216,88 @@ def test_provenance_groups_environments_and_lists_every_run(tmp_path):
     assert record["environments"][1]["first_date"] == "2026-02-02T00:00:00+00:00"
     assert set(record["git"]) == {"commit", "dirty"} and record["skipped"] == [{"path": "x.json",
                                                                               "reason": "still running"}]
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False, env=env)
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    """One report over two suites' worth of files, with a comparison, a baseline and --publish."""
+    root = tmp_path_factory.mktemp("report")
+    seeds = (0, 1)
+    runs = write_runs(root / "runs", grid(seeds=seeds) + grid("tome", "high", shift=-3, seeds=seeds,
+                                                               infer_img_per_s=2000.0)
+                      + grid("small_peft", "high", seeds=seeds, small_backbone="vit_micro_small_patch4_32")
+                      + grid("full_ft", tasks=TASKS[:4]))
+    (runs / "stuck.json").write_text(json.dumps(run_record("pyra", "count", status="running")))
+    baseline = root / "old.csv"
+    report.leaderboard(report.load_runs([write_runs(root / "old", grid(shift=-1))])[0]).to_csv(baseline, index=False)
+    results = root / "results"
+    (results / "offline").mkdir(parents=True)
+    (results / "offline" / "pareto_stale.png").write_text("from an earlier publication")
+    (results / "offline" / "NOTES.md").write_text("kept")
+    result = invoke("report", str(runs), "--compare", "tome,lora", "--baseline", str(baseline), "--publish",
+                    env={"ADAPTBENCH_RESULTS": str(results)})
+    return result, runs / "report" / "offline", results / "offline"
+
+
+def test_report_command_writes_every_output(full_report):
+    result, out, _ = full_report
+    assert result.exit_code == 0, result.output
+    names = {path.name for path in out.iterdir()}
+    assert {"leaderboard.csv", "leaderboard.md", "adverse_compression.csv", "adverse_compression.md",
+            "compare_tome_vs_lora.csv", "compare_tome_vs_lora.md", "baseline_diff.csv", "baseline_diff.md"} <= names
+    for stem in ("pareto_throughput", "pareto_gmacs", "pareto_memory"):
+        for suffix in (".png", ".svg"):
+            assert (out / f"{stem}{suffix}").stat().st_size > 1000
+    assert pd.read_csv(out / "leaderboard.csv")["method"].tolist() == ["full_ft", "lora", "tome", "small_peft"]
+
+
+def test_report_console_lists_leaderboard_verdicts_skipped_and_paths(full_report):
+    output = full_report[0].output
+    assert "stuck.json: still running" in output.splitlines()[0]
+    assert "vit_micro_base_patch4_32 on CPU A" in output and "mean (groups)" in output
+    assert "tome@high - small_peft" in output and "adverse" in output  # 10 pairs, 3 points worse
+    assert "tome@high - lora" in output and "tome worse" in output
+    assert "Baseline against" in output and "1 row(s) in both" in output
+    assert "note: full_ft (vit_micro_base_patch4_32, CPU A) lacks orientation: its averages" in output
+    assert "note: pareto_throughput: left out 1 row(s) without mean accuracy" in output
+    assert f"Wrote 14 files to {full_report[1]}/" in output
+
+
+def test_publish_copies_results_with_provenance(full_report):
+    result, _, published = full_report
+    names = sorted(path.name for path in published.iterdir())
+    assert names == ["NOTES.md", "adverse_compression.csv", "adverse_compression.md", "leaderboard.csv",
+                     "leaderboard.md", "pareto_gmacs.png", "pareto_gmacs.svg", "pareto_memory.png",
+                     "pareto_memory.svg", "pareto_throughput.png", "pareto_throughput.svg", "provenance.json"]
+    provenance = json.loads((published / "provenance.json").read_text())
+    assert provenance["command"].split()[1:3] == ["report", str(published.parent.parent / "runs")]
+    assert "--publish" in provenance["command"] and len(provenance["runs"]) == 34
+    assert provenance["skipped"][0]["reason"].startswith("still running")
+    assert f"Published to {published}/" in result.output
+
+
+def test_report_with_nothing_valid_exits_2_with_one_line(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "f.json").write_text(json.dumps(run_record(status="failed")))
+    result = CliRunner().invoke(main, ["report", str(folder), str(tmp_path / "absent")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == f"error: no finished runs to report in {folder}, {tmp_path / 'absent'} (2 skipped, listed above)"
+    assert "f.json: failed: loss became nan" in lines[0] and "absent: folder not found" in lines[1]
+
+
+def test_run_options_still_route_to_run_and_help_names_report():
+    top = invoke("--help").output
+    assert "--methods" in top and "report [RUNS]..." in top and "[run] [OPTIONS]" in top
+    plan = invoke("run", "--dry-run", "--tasks", "count", "--methods", "lora").output
+    assert "lora / count" in plan
+    report_help = invoke("report", "--help").output
+    assert all(option in report_help for option in ("--out", "--compare", "--baseline", "--publish", "RUNS"))
+    assert "--methods" not in report_help

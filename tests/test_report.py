@@ -232,7 +232,8 @@ def full_report(tmp_path_factory):
     runs = write_runs(root / "runs", grid(seeds=seeds) + grid("tome", "high", shift=-3, seeds=seeds,
                                                                infer_img_per_s=2000.0)
                       + grid("small_peft", "high", seeds=seeds, small_backbone="vit_micro_small_patch4_32")
-                      + grid("full_ft", tasks=TASKS[:4]))
+                      + [dict(r, config={**r["config"], "pretrained": False})
+                         for r in grid("full_ft", tasks=TASKS[:4])])
     (runs / "stuck.json").write_text(json.dumps(run_record("pyra", "count", status="running")))
     baseline = root / "old.csv"
     report.leaderboard(report.load_runs([write_runs(root / "old", grid(shift=-1))])[0]).to_csv(baseline, index=False)
@@ -266,6 +267,7 @@ def test_report_console_lists_leaderboard_verdicts_skipped_and_paths(full_report
     assert "Baseline against" in output and "1 row(s) in both" in output
     assert "note: full_ft (vit_micro_base_patch4_32, CPU A) lacks orientation: its averages" in output
     assert "note: pareto_throughput: left out 1 row(s) without mean accuracy" in output
+    assert "note: 4 of 34 runs adapted a backbone without pretrained weights" in output
     assert f"Wrote 14 files to {full_report[1]}/" in output
 
 

@@ -1,12 +1,15 @@
-"""Command line: ``python run.py [OPTIONS]`` plans, runs and tabulates a benchmark (see ``--help``)."""
+"""Command line: ``python run.py [OPTIONS]`` plans, runs and tabulates a benchmark (see ``--help``);
+``python run.py report [RUNS]...`` analyses finished runs (see ``report --help``)."""
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import click
 import torch
@@ -17,6 +20,9 @@ from .errors import UserError
 from .measure import MeasureConfig
 from .results import STATUS_OK, load_records, summary_table, write_csv
 from .runner import describe_plan, load_tasks, plan_runs, resolve_device, run_all
+
+if TYPE_CHECKING:
+    from .report import SuiteReport
 
 
 def _split(value: str) -> list[str]:
@@ -60,7 +66,54 @@ def _print_listing() -> None:
         click.echo(f"  {name:<36} {description}")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+_ARGV = "adaptbench.argv"
+
+
+class DefaultGroup(click.Group):
+    """A group whose default command takes every command line that does not start with a subcommand's name,
+    so ``python run.py --methods lora`` (and plain ``python run.py``, and ``--help``) stay the run command
+    they always were, while ``python run.py report`` reaches the report."""
+
+    def __init__(self, *args: object, default: str, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)  # the report records its own command line in provenance.json
+        if not args or args[0] not in self.commands:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+class RunCommand(click.Command):
+    """The run command, whose usage line says that its name can be left out."""
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.find_root().info_name, "[run] [OPTIONS]")
+
+
+@click.group(cls=DefaultGroup, default="run", context_settings=CONTEXT)
+def main() -> None:
+    """adaptbench: run the benchmark (the default command) or report on finished runs."""
+
+
+def _exit_with(code: Callable[[], int]) -> None:
+    """Exit with the command's code; bad input is one line on stderr and exit code 2."""
+    try:
+        sys.exit(code())
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+RUN_EPILOG = """\b
+Other commands:
+  report [RUNS]...  leaderboard, Pareto plots and the Adverse Compression test of finished runs
+                    (python run.py report --help)"""
+
+
+@main.command("run", cls=RunCommand, context_settings=CONTEXT, epilog=RUN_EPILOG)
 @click.option("--methods", default="full_ft,lora", show_default=True,
               help="Comma-separated methods (see --list).")
 @click.option("--tasks", default="offline", show_default=True,
@@ -112,18 +165,14 @@ def _print_listing() -> None:
 @click.option("--force", is_flag=True, help="Rerun configs that already have a finished result file.")
 @click.option("--list", "list_only", is_flag=True, help="List methods, tasks, task groups and backbones, then exit.")
 @click.option("--dry-run", is_flag=True, help="Print the run plan without running it.")
-def main(**options: object) -> None:
+def run(**options: object) -> None:
     """Adapt pretrained ViTs with each method on each task, then measure accuracy, speed, memory and FLOPs.
 
     With no options it runs the offline default: full fine-tuning and LoRA on the embedded task suite,
     on the CPU in a few minutes. Each run writes one JSON file to --out; results.csv aggregates them.
     Exit code: 0 all runs ok, 1 some run failed (recorded with its reason), 2 bad input.
     """
-    try:
-        sys.exit(_main(**options))
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    _exit_with(lambda: _main(**options))
 
 
 def _main(methods: str, tasks: str, backbone: str | None, compression: str, epochs: int | None,
@@ -173,3 +222,70 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     click.echo(f"{len(records) - failed} ok, {failed} failed in {time.perf_counter() - started:.0f}s. "
                f"Per-run files: {out}/*.json; all runs: {csv_path}")
     return 1 if failed else 0
+
+
+@main.command("report", context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the report, one sub-folder per task suite.  [default: <first RUNS folder>/report]")
+@click.option("--compare", multiple=True, metavar="A,B",
+              help="Paired test of two methods' accuracies (A - B), like the Adverse Compression test; "
+                   "METHOD@LEVEL pins a compression level (tome@high,lora). Repeatable.")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="An older leaderboard.csv: write baseline_diff.csv/.md with the changes against it.")
+@click.option("--publish", is_flag=True,
+              help="Copy each suite's leaderboard, Pareto plots and Adverse Compression table into "
+                   "results/<suite>/ with provenance.json ($ADAPTBENCH_RESULTS replaces results/).")
+@click.option("--plugins", multiple=True, help="Plugin .py file or module whose tasks or methods the runs used.")
+def report(**options: object) -> None:
+    """Leaderboard, Pareto plots and the Adverse Compression test of the finished runs in RUNS (folders of
+    run files; default: runs).
+
+    Files that are not finished runs (running, failed, damaged or foreign JSON) are listed with the reason
+    and left out. Exit code: 0 report written, 2 bad input or nothing to report.
+    """
+    _exit_with(lambda: _report(**options))
+
+
+def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], baseline: Path | None,
+            publish: bool, plugins: tuple[str, ...]) -> int:
+    from . import report as analysis  # pandas, scipy and matplotlib load only for the report
+
+    registry.load_plugins([source for value in plugins for source in _split(value)])
+    comparisons = [analysis.parse_compare(text) for text in compare]
+    folders = list(runs) or [Path("runs")]
+    frame, skipped = analysis.load_runs(folders)
+    for item in skipped:
+        click.echo(f"skipped {item}")
+    if frame.empty:
+        raise UserError(f"no finished runs to report in {', '.join(map(str, folders))}"
+                        + (f" ({len(skipped)} skipped, listed above)" if skipped else ""))
+    out = out or folders[0] / "report"
+    _check_writable(out)
+    root = click.get_current_context().find_root()
+    command = shlex.join([root.info_name or "run.py", *root.meta.get(_ARGV, [])])
+    for suite, suite_runs in frame.groupby("suite"):
+        result = analysis.write_suite_report(suite_runs, out / suite, compare=comparisons, baseline=baseline)
+        _print_suite(result)
+        if publish:
+            target = analysis.publish(result, analysis.provenance(suite_runs, skipped, command))
+            click.echo(f"Published to {target}/")
+    return 0
+
+
+def _print_suite(result: SuiteReport) -> None:
+    from . import report as analysis
+
+    click.echo(f"\n== {result.suite}: {result.board['runs'].sum()} runs, {len(result.board)} leaderboard rows ==\n")
+    click.echo(analysis.console_leaderboard(result.board))
+    for warning in result.warnings:
+        click.echo(f"note: {warning}")
+    tables = {"Adverse Compression (compressed - small_peft, accuracy points)": result.adverse,
+              **{f"{stem} (A - B, accuracy points)": table for stem, table in result.comparisons.items()}}
+    for title, table in tables.items():
+        if not table.empty:
+            click.echo(f"\n{title}:\n" + analysis.verdict_lines(table))
+    if result.baseline:
+        click.echo(f"\nBaseline {result.baseline}")
+    click.echo(f"\nWrote {len(result.written)} files to {result.folder}/: "
+               + ", ".join(path.name for path in result.written))

@@ -62,6 +62,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_state() -> dict:
+    """This checkout's commit and whether it has uncommitted changes (None where git is unavailable)."""
+    status = _git("status", "--porcelain")
+    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
 def environment(device: torch.device) -> dict:
     """Everything about the machine and software that can change a measurement."""
     status = _git("status", "--porcelain")

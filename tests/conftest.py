@@ -60,3 +60,38 @@ def tiny_vit(**kwargs):
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3)
     return timm.create_model("vit_base_patch16_224", pretrained=False, **{**args, **kwargs})
+
+
+def run_record(method: str = "lora", task: str = "count", seed: int = 0, acc: float = 50.0,
+               compression: str = "none", *, backbone: str = "vit_micro_base_patch4_32", device_name: str = "CPU A",
+               status: str = "ok", **metrics) -> dict:
+    """A minimal valid run record, shaped as the runner writes it, with round numbers to check by hand."""
+    import hashlib
+    import json
+
+    config = {"method": method, "task": task, "backbone": backbone, "seed": seed, "compression": compression,
+              "pretrained": True, "device": "cpu", "train": {"epochs": 3, "lr": 0.001}, "measure": {"batches": [64]}}
+    key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    values = {"test_acc_best": acc, "test_acc_last": acc, "infer_img_per_s": 1000.0, "gmacs": 0.1,
+              "tunable_params": 10_000, "tunable_pct": 1.0, "total_params": 1_000_000, "train_peak_mem_mb": 100.0,
+              "curve": [{"epoch": 1, "test_acc": acc}], **metrics}
+    record = {"key": key, "config": config, "status": status, "wall_seconds": 1.0,
+              "environment": {"device": "cpu", "device_name": device_name, "torch": "2.x", "git_commit": "abc123",
+                              "git_dirty": False, "date": "2026-01-01T00:00:00+00:00"}}
+    if status == "ok":
+        record["metrics"] = values
+    elif status == "failed":
+        record["reason"] = "loss became nan at epoch 1"
+    return record
+
+
+def write_runs(folder: Path, records) -> Path:
+    """Each record as ``<method>-<task>-s<seed>-<key>.json`` in ``folder``, as the runner names them."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        config = record["config"]
+        name = f"{config['method']}-{config['compression']}-{config['task']}-s{config['seed']}-{record['key']}.json"
+        (folder / name).write_text(json.dumps(record))
+    return folder

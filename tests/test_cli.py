@@ -154,3 +154,17 @@ def test_isolated_runs_write_the_same_kind_of_record(plugin_file, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(next(out.glob("*.json")).read_text())
     assert record["status"] == "ok" and record["metrics"]["test_acc_best"] > 0
+
+
+def test_report_reads_the_runners_own_files(plugin_file, tiny_run, tmp_path):
+    """The report on real run files (the plugin's suite) beside hand-made ones of another suite."""
+    from conftest import run_record, write_runs
+
+    _, out = tiny_run
+    offline = write_runs(tmp_path / "offline_runs", [run_record("lora", "count")])
+    result = invoke("report", str(out), str(offline), "--plugins", str(plugin_file), "--out", str(tmp_path / "rep"))
+    assert result.exit_code == 0, result.output
+    board = pd.read_csv(tmp_path / "rep" / "tiny" / "leaderboard.csv")
+    assert board["method"].tolist() == ["lora", "bitfit"] and board["seeds"].tolist() == [2, 2]
+    assert board["speedup_reference"].tolist() == ["lora", "lora"] and (board["acc_tiny_bright"] > 0).all()
+    assert (tmp_path / "rep" / "offline" / "leaderboard.csv").exists()  # one report folder per suite

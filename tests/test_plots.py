@@ -1,0 +1,52 @@
+import pandas as pd
+
+from harness import plots, report
+
+
+def _board(rows) -> pd.DataFrame:
+    """A leaderboard with just the columns the plots read."""
+    frame = pd.DataFrame([dict(suite="offline", device_name=device, backbone="vit_micro_base_patch4_32", method=method,
+                               compression=level, acc_mean_tasks=acc, infer_img_per_s=speed, gmacs=gmacs,
+                               train_peak_mem_mb=50.0, tasks=5)
+                          for device, method, level, acc, speed, gmacs in rows])
+    for name, (column, higher) in report.PARETO_METRICS.items():
+        frame[f"pareto_{name}"] = report.pareto_front(frame[column], frame["acc_mean_tasks"], higher)
+    return frame
+
+
+ROWS = [("CPU A", "lora", "none", 70.0, 1000.0, 0.10), ("CPU A", "tome", "low", 68.0, 1800.0, 0.05),
+        ("CPU A", "tome", "high", 60.0, 1500.0, 0.03), ("CPU A", "small_peft", "high", 62.0, 2500.0, 0.03)]
+
+
+def _frontier_line(figure):
+    (line,) = [line for line in figure.axes[0].get_lines() if line.get_linestyle() == "--"]
+    return line
+
+
+def test_frontier_is_a_step_line_through_the_frontier_points():
+    board = _board(ROWS)
+    throughput = _frontier_line(plots.pareto_figure(board, "throughput", "t"))
+    assert throughput.get_drawstyle() == "steps-pre"  # more is better: the level drops at the faster point
+    assert list(throughput.get_xdata()) == [1000.0, 1800.0, 2500.0]  # tome@high (1500 img/s, 60 %) is dominated
+    gmacs = _frontier_line(plots.pareto_figure(board, "gmacs", "t"))
+    assert gmacs.get_drawstyle() == "steps-post" and list(gmacs.get_xdata()) == [0.03, 0.05, 0.10]
+
+
+def test_one_file_per_metric_and_format_and_per_device_when_several(tmp_path):
+    written, notes = plots.write_pareto_plots(_board(ROWS), tmp_path / "one")
+    assert sorted(path.name for path in written) == sorted(f"pareto_{metric}.{suffix}" for metric in
+                                                           ("throughput", "gmacs", "memory") for suffix in ("png", "svg"))
+    assert all(path.stat().st_size > 1000 for path in written) and notes == []
+    two_devices = ROWS + [("NVIDIA H100 80GB HBM3", "lora", "none", 70.0, 9000.0, 0.10),
+                          ("NVIDIA H100 80GB HBM3", "pyra", "low", float("nan"), 15000.0, 0.05)]
+    written, notes = plots.write_pareto_plots(_board(two_devices), tmp_path / "two")
+    assert {path.name for path in written} >= {"pareto_throughput_cpu-a.png", "pareto_gmacs_nvidia-h100-80gb-hbm3.svg"}
+    assert len(written) == 12
+    assert any("left out 1 row(s)" in note and "pyra@low" in note for note in notes)
+
+
+def test_methods_keep_their_style_in_every_plot():
+    first = plots.method_styles(["lora", "zeta", "alpha"])
+    second = plots.method_styles(["alpha", "zeta", "tome", "lora"])
+    assert first["lora"] == second["lora"] and first["alpha"] == second["alpha"] and first["zeta"] == second["zeta"]
+    assert len({first[name] for name in ("lora", "zeta", "alpha", "tome", "small_peft")}) == 5

@@ -1,0 +1,305 @@
+"""The report as a pure function of hand-made run files whose numbers can be checked by hand."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import run_record, write_runs
+
+from harness import UserError, report
+from harness.cli import main
+
+TASKS = ["digits", "photos", "cells", "count", "orientation"]  # the offline suite: 2 natural, 1 specialized, 2 structured
+# Natural (80 + 60) / 2 = 70, specialized 90, structured (40 + 50) / 2 = 45: the mean of the five task means is
+# 64, the mean of the three group means 68.33.
+ACCURACY = {"digits": 80.0, "photos": 60.0, "cells": 90.0, "count": 40.0, "orientation": 50.0}
+
+
+def grid(method="lora", compression="none", shift=0.0, seeds=(0,), tasks=TASKS, **metrics) -> list[dict]:
+    """One method at one level on every task and seed, accuracy = ACCURACY + shift + seed."""
+    return [run_record(method, task, seed, ACCURACY[task] + shift + seed, compression, **metrics)
+            for task in tasks for seed in seeds]
+
+
+def board_of(tmp_path, records) -> pd.DataFrame:
+    runs, skipped = report.load_runs([write_runs(tmp_path / "runs", records)])
+    assert not skipped, skipped
+    return report.leaderboard(runs).set_index(["method", "compression"])
+
+
+def test_group_means_and_both_averages(tmp_path):
+    row = board_of(tmp_path, grid()).loc[("lora", "none")]
+    assert (row["acc_natural"], row["acc_specialized"], row["acc_structured"]) == (70.0, 90.0, 45.0)
+    assert row["acc_mean_tasks"] == pytest.approx(64.0)
+    assert row["acc_mean_groups"] == pytest.approx((70 + 90 + 45) / 3)
+    assert row["tasks"] == 5 and row["suite"] == "offline" and row["device_name"] == "CPU A"
+
+
+def test_mean_and_std_over_seeds(tmp_path):
+    board = board_of(tmp_path, grid(seeds=(0, 1, 2)) + grid("full_ft"))
+    lora, full_ft = board.loc[("lora", "none")], board.loc[("full_ft", "none")]
+    assert lora["acc_count"] == 41.0 and lora["acc_count_std"] == pytest.approx(1.0)  # 40, 41, 42 (ddof=1)
+    assert lora["seeds"] == 3 and lora["runs"] == 15
+    assert full_ft["seeds"] == 1 and math.isnan(full_ft["acc_count_std"])
+
+
+def test_throughput_is_the_median_and_speedup_divides_by_uncompressed_lora(tmp_path):
+    records = (grid(infer_img_per_s=1000.0) + grid("full_ft", infer_img_per_s=800.0)
+               + grid("tome", "high", infer_img_per_s=2500.0)
+               + grid("small_peft", "none", infer_img_per_s=4000.0))
+    records[0]["metrics"]["infer_img_per_s"] = 99_999.0  # one outlier of five: the median ignores it
+    board = board_of(tmp_path, records)
+    assert board.loc[("lora", "none"), "infer_img_per_s"] == 1000.0
+    assert board["speedup"].to_dict() == {("full_ft", "none"): 0.8, ("lora", "none"): 1.0, ("tome", "high"): 2.5,
+                                          ("small_peft", "none"): 4.0}
+    assert set(board["speedup_reference"]) == {"lora"}
+
+
+def test_speedup_falls_back_to_full_ft_then_nan(tmp_path):
+    board = board_of(tmp_path / "a", grid("full_ft", infer_img_per_s=500.0) + grid("tome", "low", infer_img_per_s=1000.0))
+    assert board.loc[("tome", "low"), "speedup"] == 2.0 and board.loc[("tome", "low"), "speedup_reference"] == "full_ft"
+    # small_peft runs a smaller backbone even uncompressed: never the reference.
+    board = board_of(tmp_path / "b", grid("small_peft", infer_img_per_s=500.0) + grid("tome", "low"))
+    assert board["speedup"].isna().all()
+
+
+def test_ppt_is_v_petl_benchs_formula(tmp_path):
+    assert report.ppt(64.0, 1e7) == pytest.approx(0.64 * math.exp(-math.log10(2)))
+    assert report.ppt(64.0, 0) == pytest.approx(0.64)
+    row = board_of(tmp_path, grid(tunable_params=90_000_000)).loc[("lora", "none")]
+    assert row["ppt"] == pytest.approx(0.64 * math.exp(-1.0))  # log10(9 + 1) = 1
+
+
+def test_pareto_front_membership():
+    # (throughput, accuracy): b dominates d; a and b trade off; c and c' are identical; e has no accuracy.
+    x = [100, 200, 300, 300, 150, 400]
+    y = [80, 70, 60, 60, 65, np.nan]
+    assert report.pareto_front(x, y, x_higher_better=True).tolist() == [True, True, True, True, False, False]
+    # Lower is better (GMACs): now the cheapest point with the best accuracy at its cost wins.
+    assert report.pareto_front([1.0, 2.0, 1.0], [60, 70, 50], x_higher_better=False).tolist() == [True, True, False]
+
+
+def test_pareto_columns_are_per_device(tmp_path):
+    records = (grid(infer_img_per_s=1000.0) + grid("tome", "high", shift=-5, infer_img_per_s=500.0)
+               + [dict(r, environment={**r["environment"], "device_name": "GPU B"})
+                  for r in grid("tome", "low", shift=-9, infer_img_per_s=300.0)])
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    board = report.leaderboard(runs).set_index(["device_name", "method", "compression"])
+    assert not board.loc[("CPU A", "tome", "high"), "pareto_throughput"]  # slower and less accurate than lora
+    assert board.loc[("GPU B", "tome", "low"), "pareto_throughput"]  # alone on its device, so on its frontier
+
+
+def test_missing_task_makes_averages_nan_and_is_named(tmp_path):
+    records = grid() + grid("full_ft", tasks=["digits", "photos", "cells", "count"])
+    board = board_of(tmp_path, records)
+    full_ft = board.loc[("full_ft", "none")]
+    assert math.isnan(full_ft["acc_mean_tasks"]) and math.isnan(full_ft["acc_mean_groups"])
+    assert math.isnan(full_ft["acc_structured"]) and full_ft["acc_natural"] == 70.0  # other groups stand
+    assert full_ft["tasks"] == 4
+    assert report.missing_tasks(board.reset_index()) == {"full_ft (vit_micro_base_patch4_32, CPU A)": ["orientation"]}
+
+
+def test_leaderboard_markdown_marks_the_best_of_each_column(tmp_path):
+    records = grid(gmacs=0.1) + grid("tome", "high", shift=-2, gmacs=0.03)
+    text = report.leaderboard_markdown(report.leaderboard(report.load_runs([write_runs(tmp_path / "r", records)])[0]))
+    lora = next(line for line in text.splitlines() if "| lora" in line)
+    tome = next(line for line in text.splitlines() if "| tome" in line)
+    assert "**64.00**" in lora and "**62.00**" not in tome  # accuracy: higher is better
+    assert "**0.03**" in tome and "**0.1**" not in lora  # GMACs: lower is better
+
+
+def test_adverse_compression_verdicts(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def noisy(records, spread):
+        for record, sign in zip(records, [1, -1] * len(records)):
+            record["metrics"]["test_acc_best"] += sign * spread * rng.uniform(0.5, 1)
+        return records
+
+    seeds = (0, 1)  # 5 tasks x 2 seeds = 10 pairs
+    records = (grid("small_peft", "high", seeds=seeds) + grid("small_peft", "low", seeds=seeds)
+               + noisy(grid("tome", "high", shift=-3, seeds=seeds), 0.3)
+               + noisy(grid("pyra", "high", shift=+3, seeds=seeds), 0.3)
+               + noisy(grid("diffrate", "high", seeds=seeds), 3.0)
+               + noisy(grid("tome", "low", shift=0.1, seeds=seeds), 0.2)
+               + grid("pyra", "2x", seeds=seeds) + grid("lora", seeds=seeds))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    table = report.adverse_compression(runs).set_index(["method", "compression"])
+    assert table["verdict"].to_dict() == {
+        ("tome", "low"): "equivalent", ("tome", "high"): "adverse", ("pyra", "high"): "compression wins",
+        ("pyra", "2x"): "no small_peft run", ("diffrate", "high"): "inconclusive"}
+    tome = table.loc[("tome", "high")]
+    assert tome["n"] == 10 and tome["pairing"] == "task x seed" and tome["mean_diff"] == pytest.approx(-3, abs=0.3)
+    assert tome["ci_high"] < 0 and tome["wilcoxon_p"] < 0.05
+
+
+def test_compare_pairs_levels_each_method_ran(tmp_path):
+    records = (grid("tome", "low", seeds=(0, 1)) + grid("tome", "high", shift=-2, seeds=(0, 1))
+               + grid("pyra", "high", shift=-1, seeds=(0, 1)) + grid("lora", shift=1, seeds=(0, 1)))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    against_lora = report.compare_methods(runs, *report.parse_compare("tome,lora"))
+    assert against_lora[["a", "b"]].values.tolist() == [["tome@low", "lora"], ["tome@high", "lora"]]
+    assert against_lora["mean_diff"].tolist() == pytest.approx([-1.0, -3.0])
+    assert against_lora["verdict"].tolist() == ["tome worse", "tome worse"]
+    shared = report.compare_methods(runs, *report.parse_compare("pyra,tome"))
+    assert shared[["a", "b"]].values.tolist() == [["pyra@high", "tome@high"]]  # only the level both ran
+    pinned = report.compare_methods(runs, *report.parse_compare("tome@low,pyra"))
+    assert pinned[["a", "b", "verdict"]].values.tolist() == [["tome@low", "pyra@high", "tome better"]]
+    with pytest.raises(UserError, match="two methods"):
+        report.parse_compare("tome")
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda folder: folder / "absent", "folder not found"),
+    (lambda folder: folder, "no run files (*.json) in it"),
+    (lambda folder: _file(folder, "broken.json", '{"key": "abc", "config": '), "not valid JSON"),
+    (lambda folder: _file(folder, "other.json", json.dumps({"name": "a tool's settings"})), "not a run record"),
+    (lambda folder: _file(folder, "r.json", json.dumps(run_record(status="running"))), "still running"),
+    (lambda folder: _file(folder, "f.json", json.dumps(run_record(status="failed"))),
+     "failed: loss became nan at epoch 1"),
+    (lambda folder: _file(folder, "t.json", json.dumps(run_record(task="imagenet"))),
+     "task 'imagenet' is not registered (load its plugin with --plugins FILE)"),
+])
+def test_bad_input_is_skipped_with_its_reason(tmp_path, make, reason):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    target = make(folder)
+    runs, skipped = report.load_runs([folder if target.is_file() else target])
+    assert runs.empty and len(skipped) == 1
+    assert reason in skipped[0].reason and str(target) == skipped[0].path
+
+
+def _file(folder, name, text):
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_valid_runs_survive_beside_bad_files_and_results_csv_is_not_a_run(tmp_path):
+    folder = write_runs(tmp_path / "runs", grid())
+    (folder / "results.csv").write_text("method,task\nlora,count\n")
+    _file(folder, "broken.json", "{")
+    copy = write_runs(tmp_path / "copy", grid()[:1])  # the same config on the same device again
+    runs, skipped = report.load_runs([folder, copy])
+    assert len(runs) == 5
+    assert [(item.path.split("/")[-1], item.reason.split(" (")[0]) for item in skipped] == [
+        ("broken.json", "not valid JSON"), (next(copy.glob("*.json")).name, skipped[1].reason.split(" (")[0])]
+    assert skipped[1].reason.startswith("the same config on the same device as ")
+
+
+def test_baseline_diff(tmp_path):
+    old = report.leaderboard(report.load_runs([write_runs(tmp_path / "old", grid() + grid("full_ft"))])[0])
+    new = report.leaderboard(report.load_runs([write_runs(
+        tmp_path / "new", grid(shift=1.5, infer_img_per_s=1100.0) + grid("tome", "high"))])[0])
+    diff = report.baseline_diff(new, old).set_index(["method", "compression"])
+    assert diff["change"].to_dict() == {("full_ft", "none"): "removed", ("lora", "none"): "both",
+                                        ("tome", "high"): "added"}
+    lora = diff.loc[("lora", "none")]
+    assert lora["acc_mean_tasks_delta"] == pytest.approx(1.5) and lora["acc_mean_groups_delta"] == pytest.approx(1.5)
+    assert lora["infer_img_per_s_delta"] == pytest.approx(100.0) and lora["gmacs_delta"] == 0
+    summary = report.baseline_summary(diff.reset_index(), "old.csv")
+    assert "1 row(s) in both" in summary and "1 added, 1 removed" in summary and "+1.5" in summary
+    with pytest.raises(UserError, match="not a leaderboard CSV"):
+        report.baseline_diff(new, pd.DataFrame({"method": ["lora"]}))
+
+
+def test_provenance_groups_environments_and_lists_every_run(tmp_path):
+    records = grid() + [dict(r, environment={**r["environment"], "torch": "3.y", "date": "2026-02-02T00:00:00+00:00"})
+                        for r in grid("tome", "high")]
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    record = report.provenance(runs, [report.Skipped("x.json", "still running")], "run.py report runs --publish")
+    assert record["command"] == "run.py report runs --publish"
+    assert sorted(run["key"] for run in record["runs"]) == sorted(r["key"] for r in records)
+    assert [(env["environment"]["torch"], len(env["runs"])) for env in record["environments"]] == [("2.x", 5),
+                                                                                                ("3.y", 5)]
+    assert record["environments"][1]["first_date"] == "2026-02-02T00:00:00+00:00"
+    assert set(record["git"]) == {"commit", "dirty"} and record["skipped"] == [{"path": "x.json",
+                                                                              "reason": "still running"}]
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False, env=env)
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    """One report over two suites' worth of files, with a comparison, a baseline and --publish."""
+    root = tmp_path_factory.mktemp("report")
+    seeds = (0, 1)
+    runs = write_runs(root / "runs", grid(seeds=seeds) + grid("tome", "high", shift=-3, seeds=seeds,
+                                                               infer_img_per_s=2000.0)
+                      + grid("small_peft", "high", seeds=seeds, small_backbone="vit_micro_small_patch4_32")
+                      + [dict(r, config={**r["config"], "pretrained": False})
+                         for r in grid("full_ft", tasks=TASKS[:4])])
+    (runs / "stuck.json").write_text(json.dumps(run_record("pyra", "count", status="running")))
+    baseline = root / "old.csv"
+    report.leaderboard(report.load_runs([write_runs(root / "old", grid(shift=-1))])[0]).to_csv(baseline, index=False)
+    results = root / "results"
+    (results / "offline").mkdir(parents=True)
+    (results / "offline" / "pareto_stale.png").write_text("from an earlier publication")
+    (results / "offline" / "NOTES.md").write_text("kept")
+    result = invoke("report", str(runs), "--compare", "tome,lora", "--baseline", str(baseline), "--publish",
+                    env={"ADAPTBENCH_RESULTS": str(results)})
+    return result, runs / "report" / "offline", results / "offline"
+
+
+def test_report_command_writes_every_output(full_report):
+    result, out, _ = full_report
+    assert result.exit_code == 0, result.output
+    names = {path.name for path in out.iterdir()}
+    assert {"leaderboard.csv", "leaderboard.md", "adverse_compression.csv", "adverse_compression.md",
+            "compare_tome_vs_lora.csv", "compare_tome_vs_lora.md", "baseline_diff.csv", "baseline_diff.md"} <= names
+    for stem in ("pareto_throughput", "pareto_gmacs", "pareto_memory"):
+        for suffix in (".png", ".svg"):
+            assert (out / f"{stem}{suffix}").stat().st_size > 1000
+    assert pd.read_csv(out / "leaderboard.csv")["method"].tolist() == ["full_ft", "lora", "tome", "small_peft"]
+
+
+def test_report_console_lists_leaderboard_verdicts_skipped_and_paths(full_report):
+    output = full_report[0].output
+    assert "stuck.json: still running" in output.splitlines()[0]
+    assert "vit_micro_base_patch4_32 on CPU A" in output and "mean (groups)" in output
+    assert "tome@high - small_peft" in output and "adverse" in output  # 10 pairs, 3 points worse
+    assert "tome@high - lora" in output and "tome worse" in output
+    assert "Baseline against" in output and "1 row(s) in both" in output
+    assert "note: full_ft (vit_micro_base_patch4_32, CPU A) lacks orientation: its averages" in output
+    assert "note: pareto_throughput: left out 1 row(s) without mean accuracy" in output
+    assert "note: 4 of 34 runs adapted a backbone without pretrained weights" in output
+    assert f"Wrote 14 files to {full_report[1]}/" in output
+
+
+def test_publish_copies_results_with_provenance(full_report):
+    result, _, published = full_report
+    names = sorted(path.name for path in published.iterdir())
+    assert names == ["NOTES.md", "adverse_compression.csv", "adverse_compression.md", "leaderboard.csv",
+                     "leaderboard.md", "pareto_gmacs.png", "pareto_gmacs.svg", "pareto_memory.png",
+                     "pareto_memory.svg", "pareto_throughput.png", "pareto_throughput.svg", "provenance.json"]
+    provenance = json.loads((published / "provenance.json").read_text())
+    assert provenance["command"].split()[1:3] == ["report", str(published.parent.parent / "runs")]
+    assert "--publish" in provenance["command"] and len(provenance["runs"]) == 34
+    assert provenance["skipped"][0]["reason"].startswith("still running")
+    assert f"Published to {published}/" in result.output
+
+
+def test_report_with_nothing_valid_exits_2_with_one_line(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "f.json").write_text(json.dumps(run_record(status="failed")))
+    result = CliRunner().invoke(main, ["report", str(folder), str(tmp_path / "absent")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == f"error: no finished runs to report in {folder}, {tmp_path / 'absent'} (2 skipped, listed above)"
+    assert "f.json: failed: loss became nan" in lines[0] and "absent: folder not found" in lines[1]
+
+
+def test_run_options_still_route_to_run_and_help_names_report():
+    top = invoke("--help").output
+    assert "--methods" in top and "report [RUNS]..." in top and "[run] [OPTIONS]" in top
+    plan = invoke("run", "--dry-run", "--tasks", "count", "--methods", "lora").output
+    assert "lora / count" in plan
+    report_help = invoke("report", "--help").output
+    assert all(option in report_help for option in ("--out", "--compare", "--baseline", "--publish", "RUNS"))
+    assert "--methods" not in report_help

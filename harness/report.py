@@ -153,7 +153,10 @@ def _tidy_row(record: dict, path: Path, task_info: Mapping[str, tuple[str, str]]
     suite, group = task_info[row["task"]]
     # Mixed machines are allowed; rows are grouped by the device's name, which CPU runs record as the CPU model.
     device_name = record.get("environment", {}).get("device_name") or row["device"]
-    return {**row, "file": str(path), "device_name": device_name, "suite": suite, "group": group}
+    # A randomly initialised backbone is another model: its own rows, speed-up reference and small_peft partner.
+    backbone = row["backbone"] if row.get("pretrained", True) else f"{row['backbone']} (random init)"
+    return {**row, "backbone": backbone, "file": str(path), "device_name": device_name, "suite": suite,
+            "group": group}
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:

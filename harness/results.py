@@ -70,7 +70,7 @@ def git_state() -> dict:
 
 def environment(device: torch.device) -> dict:
     """Everything about the machine and software that can change a measurement."""
-    status = _git("status", "--porcelain")
+    git = git_state()
     cuda = device.type == "cuda"
     return {
         "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
@@ -80,7 +80,7 @@ def environment(device: torch.device) -> dict:
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model(),
         "device_count": torch.cuda.device_count() if cuda else 1,
         "cpu_model": cpu_model(), "cpu_threads": torch.get_num_threads(),
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
+        "git_commit": git["commit"], "git_dirty": git["dirty"],
         "host_hash": hashlib.sha1(socket.gethostname().encode()).hexdigest()[:10],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -255,7 +255,10 @@ def test_report_command_writes_every_output(full_report):
     for stem in ("pareto_throughput", "pareto_gmacs", "pareto_memory"):
         for suffix in (".png", ".svg"):
             assert (out / f"{stem}{suffix}").stat().st_size > 1000
-    assert pd.read_csv(out / "leaderboard.csv")["method"].tolist() == ["full_ft", "lora", "tome", "small_peft"]
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert board["method"].tolist() == ["lora", "tome", "small_peft", "full_ft"]
+    # randomly initialised runs are another model: rows of their own, after the pretrained backbone's
+    assert board["backbone"].tolist() == ["vit_micro_base_patch4_32"] * 3 + ["vit_micro_base_patch4_32 (random init)"]
 
 
 def test_report_console_lists_leaderboard_verdicts_skipped_and_paths(full_report):
@@ -265,7 +268,7 @@ def test_report_console_lists_leaderboard_verdicts_skipped_and_paths(full_report
     assert "tome@high - small_peft" in output and "adverse" in output  # 10 pairs, 3 points worse
     assert "tome@high - lora" in output and "tome worse" in output
     assert "Baseline against" in output and "1 row(s) in both" in output
-    assert "note: full_ft (vit_micro_base_patch4_32, CPU A) lacks orientation: its averages" in output
+    assert "note: full_ft (vit_micro_base_patch4_32 (random init), CPU A) lacks orientation: its averages" in output
     assert "note: pareto_throughput: left out 1 row(s) without mean accuracy" in output
     assert "note: 4 of 34 runs adapted a backbone without pretrained weights" in output
     assert f"Wrote 14 files to {full_report[1]}/" in output

@@ -45,7 +45,7 @@ def main() -> None:
     seeds = frame.groupby(["method", "pretrained"])["seed"].nunique().min()
     print(f"\n{args.backbone}, test accuracy % (best of the periodic evaluations), mean over {seeds} seed(s), "
           f"{len(frame)} ok runs of {len(records)}:")
-    print(pd.concat([table, means]).round(1).to_markdown())
+    print(pd.concat([table, means]).round(1).reset_index().to_markdown(index=False))
 
 
 if __name__ == "__main__":

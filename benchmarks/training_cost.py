@@ -4,8 +4,9 @@
         [--methods full_ft,lora,pyra] [--compression high] [--device cpu]
 
 Random weights and random data (cost does not depend on them). Memory: one training step from a fresh optimizer,
-measured as the harness measures it (CUDA: max_memory_allocated; CPU: resident tensors + profiler peak). Speed:
-median seconds per step over --steps timed steps after one warm-up step.
+measured as the harness measures it (CUDA: max_memory_allocated, with max_memory_reserved beside it; CPU:
+resident tensors + profiler peak). Speed: median seconds per step over --steps timed steps after one warm-up
+step.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tabulate import tabulate
 
 import harness
 from harness.data import Normalize
-from harness.measure import count_parameters, peak_memory_mb
+from harness.measure import count_parameters, peak_memory
 from harness.train import TrainConfig, Trainer, build_optimizer
 
 
@@ -46,7 +47,7 @@ def main() -> None:
         images = torch.randint(0, 256, (args.batch, 3, size, size), dtype=torch.uint8)
         labels = torch.randint(0, 100, (args.batch,))
         model.train()
-        memory, how = peak_memory_mb(lambda: trainer.train_step(images, labels), device, model, trainer.optimizer)
+        memory = peak_memory(lambda: trainer.train_step(images, labels), device, model, trainer.optimizer)
         seconds = []
         for _ in range(args.steps):
             started = time.perf_counter()
@@ -54,10 +55,13 @@ def main() -> None:
             seconds.append(time.perf_counter() - started)
         _, tunable = count_parameters(model)
         level = args.compression if compresses else "none"
-        rows.append([method, level, f"{tunable:,}", f"{memory:.0f}", f"{args.batch / statistics.median(seconds):.2f}"])
+        reserved = "-" if memory.reserved_mb is None else f"{memory.reserved_mb:.0f}"
+        rows.append([method, level, f"{tunable:,}", f"{memory.mb:.0f}", reserved,
+                     f"{args.batch / statistics.median(seconds):.2f}"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"{args.backbone}, batch {args.batch}, fp32, {name}; memory: {how}")
-    print(tabulate(rows, headers=["method", "compression", "tunable params", "train peak MiB", "train img/s"],
+    print(f"{args.backbone}, batch {args.batch}, fp32, {name}; memory: {memory.method}")
+    print(tabulate(rows, headers=["method", "compression", "tunable params", "train peak MiB",
+                                  "train peak reserved MiB", "train img/s"],
                    tablefmt="github"))
 
 

@@ -147,7 +147,11 @@ Other commands:
               help="Write torch.profiler traces of a few training and inference steps to <out>/<run>/profile "
                    "(open with: tensorboard --logdir <out>).")
 @click.option("--max-spread", type=click.FloatRange(min=0), default=0.10, show_default=True,
-              help="Flag a throughput as noisy (infer_noisy) when its IQR / median exceeds this.")
+              help="A throughput whose IQR / median exceeds this is measured again, up to 3 times in all, then "
+                   "flagged as noisy (infer_noisy).")
+@click.option("--refuse-noisy", is_flag=True,
+              help="Fail a run whose throughput is still noisy after 3 measurements (its figures are kept in its "
+                   "file) instead of flagging it.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (recorded in every row).  [default: torch's choice]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -178,7 +182,8 @@ def run(**options: object) -> None:
 def _main(methods: str, tasks: str, backbone: str | None, compression: str, epochs: int | None,
           warmup_epochs: int | None, lr: float | None, batch_size: int, seeds: list[int],
           bench_batch: tuple[int, ...] | None, bench_preset: str, amp: str | None, compile_model: bool,
-          flops_breakdown: bool, profile: bool, max_spread: float, threads: int | None, device: str, pretrained: bool | None,
+          flops_breakdown: bool, profile: bool, max_spread: float, refuse_noisy: bool, threads: int | None,
+          device: str, pretrained: bool | None,
           data_root: Path | None, out: Path, plugins: tuple[str, ...], isolate: bool, force: bool,
           list_only: bool, dry_run: bool) -> int:
     plugin_sources = [source for value in plugins for source in _split(value)]
@@ -197,7 +202,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
         torch.set_num_threads(threads)
     measure = MeasureConfig.preset(bench_preset, batches=bench_batch, precision=amp, compile=compile_model or None,
                                    flops_breakdown=flops_breakdown or None, profile=profile or None,
-                                   max_spread=max_spread)
+                                   max_spread=max_spread, refuse_noisy=refuse_noisy or None)
     if not dry_run:
         _check_writable(out)
     started = time.perf_counter()

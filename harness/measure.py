@@ -4,10 +4,12 @@ Conventions (see README, "What is measured"):
 - GMACs follow fvcore, the field's convention (ViT-B/16 at 224 = 17.58): multiply-accumulates of matmul,
   linear and conv, plus 5 per element for affine LayerNorm, counted with ``FlopCounterMode`` at batch 1.
   Attention is forced onto the math path while counting: on CPU the fused kernel is invisible to the counter.
-- Throughput: warm-up iterations, then timed repeats; we report the median and the interquartile range.
-- Peak memory: CUDA, ``max_memory_allocated`` over the phase; CPU, the resident tensors (parameters, buffers,
-  gradients, optimizer state) plus the peak of torch's CPU allocations during the phase, read from
-  ``torch.profiler`` memory events. Named ``*_peak_mem_mb`` with ``mem_method`` saying which.
+- Throughput: warm-up iterations, then timed repeats; we report the median and the interquartile range. A
+  figure whose IQR / median exceeds ``max_spread`` is measured again (up to ``attempts`` times in all) and, if it
+  stays noisy, flagged — or, with ``refuse_noisy``, the run is refused.
+- Peak memory: CUDA, ``max_memory_allocated`` and ``max_memory_reserved`` over the phase; CPU, the resident
+  tensors (parameters, buffers, gradients, optimizer state) plus the peak of torch's CPU allocations during the
+  phase, read from ``torch.profiler`` memory events. Named ``*_peak_mem_mb`` with ``mem_method`` saying which.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -78,7 +80,9 @@ class MeasureConfig:
     repeats: int = 7
     iters_per_repeat: int = 2
     timed_seconds: float = 0.0
-    max_spread: float = 0.10  # interquartile range / median above this flags the figure as noisy
+    max_spread: float = 0.10  # interquartile range / median above this makes the figure noisy
+    attempts: int = 3  # measurements of a noisy figure before it is flagged (or refused)
+    refuse_noisy: bool = False  # a figure still noisy after every attempt fails the run instead of being flagged
     profile: bool = False
     flops_breakdown: bool = False
 
@@ -100,9 +104,23 @@ class Throughput:
     repeats: int
     batch_size: int
 
+    attempts: int = 1
+
     @property
     def relative_spread(self) -> float:
         return self.iqr / self.median if self.median else float("nan")
+
+
+def measure_until_quiet(measure: Callable[[], Throughput], max_spread: float, attempts: int) -> Throughput:
+    """Measure up to ``attempts`` times, stopping at the first figure whose spread is within ``max_spread``;
+    otherwise the least noisy one. ``attempts`` of the result says how many measurements were taken."""
+    tried: list[Throughput] = []
+    while len(tried) < max(1, attempts):
+        tried.append(measure())
+        if tried[-1].relative_spread <= max_spread:
+            break
+    best = min(tried, key=lambda throughput: throughput.relative_spread)
+    return replace(best, attempts=len(tried))
 
 
 def summarize_rates(rates: list[float], batch_size: int) -> Throughput:
@@ -205,14 +223,24 @@ def resident_tensor_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | N
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device, model: nn.Module,
-                   optimizer: torch.optim.Optimizer | None = None) -> tuple[float, str]:
-    """Peak memory while running ``fn`` (MiB) and the name of the method that measured it."""
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak memory of one phase in MiB; ``reserved_mb`` is the CUDA caching allocator's peak (None on CPU)."""
+
+    mb: float
+    reserved_mb: float | None
+    method: str
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device, model: nn.Module,
+                optimizer: torch.optim.Optimizer | None = None) -> PeakMemory:
+    """Peak memory while running ``fn``; the peaks are reset first, so each phase is measured on its own."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / MIB, "cuda_max_memory_allocated"
+        return PeakMemory(torch.cuda.max_memory_allocated(device) / MIB, torch.cuda.max_memory_reserved(device) / MIB,
+                          "cuda_max_memory_allocated")
     resident = resident_tensor_bytes(model, optimizer)
-    return (resident + _profiled_cpu_peak_bytes(fn)) / MIB, "cpu_resident_plus_profiler_peak"
+    return PeakMemory((resident + _profiled_cpu_peak_bytes(fn)) / MIB, None, "cpu_resident_plus_profiler_peak")

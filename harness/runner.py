@@ -24,7 +24,7 @@ from .config import RunConfig
 from .data import Normalize, TaskData, make_loader
 from .errors import RunFailed, UserError
 from .measure import (MeasureConfig, autocast, count_gmacs, count_parameters, gmacs_per_block,
-                      inference_throughput, peak_memory_mb, silence_native_stderr)
+                      inference_throughput, measure_until_quiet, peak_memory, silence_native_stderr)
 from .results import STATUS_FAILED, STATUS_OK, STATUS_RUNNING, environment, write_json_atomic
 from .train import TrainConfig, Trainer, build_optimizer, fit
 
@@ -173,8 +173,7 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
 
     first_batch = next(iter(train_loader))
     with _undone_steps(trainer):
-        train_mem, mem_method = peak_memory_mb(lambda: trainer.train_step(*first_batch), device, model,
-                                               trainer.optimizer)
+        train_mem = peak_memory(lambda: trainer.train_step(*first_batch), device, model, trainer.optimizer)
     if config.measure.profile and run_dir is not None:
         with _undone_steps(trainer):
             _profile(lambda: trainer.train_step(*first_batch), device, run_dir / "profile", "train")
@@ -193,13 +192,14 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
             _profile(lambda: model(images), device, run_dir / "profile", "inference")
     probe = torch.randn(inference["infer_batch"], 3, task.image_size, task.image_size, device=device)
     with torch.inference_mode(), autocast(device, config.measure.precision):
-        infer_mem, _ = peak_memory_mb(lambda: model(probe), device, model)
+        infer_mem = peak_memory(lambda: model(probe), device, model)
     if config.measure.flops_breakdown:
         inference["gmacs_per_block"] = ",".join(f"{g:.5g}" for g in gmacs_per_block(model, task.image_size, device))
     return {
         "test_acc_best": result.test_acc_best, "test_acc_last": result.test_acc_last, **inference,
         "train_img_per_s": result.train_img_per_s, "train_seconds": result.train_seconds,
-        "train_peak_mem_mb": train_mem, "infer_peak_mem_mb": infer_mem, "mem_method": mem_method,
+        "train_peak_mem_mb": train_mem.mb, "infer_peak_mem_mb": infer_mem.mb, "mem_method": train_mem.method,
+        "train_peak_reserved_mb": train_mem.reserved_mb, "infer_peak_reserved_mb": infer_mem.reserved_mb,
         "gmacs": count_gmacs(model, task.image_size, device),
         "total_params": total_params, "tunable_params": tunable_params,
         "tunable_pct": 100.0 * tunable_params / total_params,
@@ -211,11 +211,14 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
 
 def _measure_inference(model: torch.nn.Module, image_size: int, device: torch.device,
                        settings: MeasureConfig) -> dict:
-    """Throughput at every batch of the sweep; the first batch gives the headline columns."""
+    """Throughput at every batch of the sweep, each measured again while noisy (up to ``settings.attempts``
+    times); the first batch gives the headline columns."""
     measured = torch.compile(model) if settings.compile else model
     metrics: dict = {"precision": settings.precision, "compiled": settings.compile}
     for index, batch in enumerate(settings.batches):
-        throughput = inference_throughput(measured, image_size, device, batch_size=batch, settings=settings)
+        throughput = measure_until_quiet(
+            lambda: inference_throughput(measured, image_size, device, batch_size=batch, settings=settings),
+            settings.max_spread, settings.attempts)
         metrics[f"infer_img_per_s_b{throughput.batch_size}"] = throughput.median  # the batch that fitted
         if batch == 1:
             metrics["latency_ms_b1"] = 1000.0 / throughput.median
@@ -223,8 +226,18 @@ def _measure_inference(model: torch.nn.Module, image_size: int, device: torch.de
             metrics.update(infer_img_per_s=throughput.median, infer_img_per_s_iqr=throughput.iqr,
                            infer_spread=throughput.relative_spread,
                            infer_noisy=throughput.relative_spread > settings.max_spread,
-                           infer_repeats=throughput.repeats, infer_batch=throughput.batch_size)
+                           infer_repeats=throughput.repeats, infer_attempts=throughput.attempts,
+                           infer_batch=throughput.batch_size)
     return metrics
+
+
+def noisy_refusal(metrics: dict, settings: MeasureConfig) -> str | None:
+    """With ``refuse_noisy``, why a run's headline throughput cannot be accepted (None when it can)."""
+    if not (settings.refuse_noisy and metrics.get("infer_noisy")):
+        return None
+    return (f"inference throughput too noisy: IQR / median {metrics['infer_spread']:.3f} > --max-spread "
+            f"{settings.max_spread} after {metrics['infer_attempts']} measurements; quiet the machine (stop other "
+            f"jobs, fix --threads) and rerun, or raise --max-spread (the figures are kept in this file)")
 
 
 def execute(config: RunConfig, task: TaskData, out_dir: Path, device: torch.device, log: Log) -> dict:
@@ -236,7 +249,10 @@ def execute(config: RunConfig, task: TaskData, out_dir: Path, device: torch.devi
     started = time.perf_counter()
     try:
         record["metrics"] = train_and_measure(config, task, device, log, out_dir / config.file_stem)
-        record["status"] = STATUS_OK
+        refusal = noisy_refusal(record["metrics"], config.measure)
+        record["status"] = STATUS_OK if refusal is None else STATUS_FAILED
+        if refusal is not None:
+            record["reason"] = refusal
     except KeyboardInterrupt:
         record.update(status=STATUS_FAILED, reason="interrupted by the user")
         raise

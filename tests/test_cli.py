@@ -168,3 +168,30 @@ def test_report_reads_the_runners_own_files(plugin_file, tiny_run, tmp_path):
     assert board["method"].tolist() == ["lora", "bitfit"] and board["seeds"].tolist() == [2, 2]
     assert board["speedup_reference"].tolist() == ["lora", "lora"] and (board["acc_tiny_bright"] > 0).all()
     assert (tmp_path / "rep" / "offline" / "leaderboard.csv").exists()  # one report folder per suite
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_noisy_throughput_is_measured_again_then_flagged_or_refused(plugin_file, tmp_path, monkeypatch, refuse):
+    import harness.runner
+    from harness.measure import Throughput
+
+    calls = []
+
+    def noisy(model, image_size, device, *, batch_size, settings):
+        calls.append(batch_size)
+        return Throughput(median=100.0, iqr=50.0 - len(calls), repeats=7, batch_size=batch_size)
+
+    monkeypatch.setattr(harness.runner, "inference_throughput", noisy)
+    out = tmp_path / "runs"
+    result = invoke("--plugins", str(plugin_file), "--methods", "bitfit", "--tasks", "tiny", "--bench-batch", "8",
+                    "--out", str(out), *(["--refuse-noisy"] if refuse else []))
+    record = json.loads(next(out.glob("*.json")).read_text())
+    metrics = record["metrics"]
+    assert len(calls) == 3 and metrics["infer_attempts"] == 3
+    assert metrics["infer_noisy"] and metrics["infer_spread"] == pytest.approx(47 / 100)  # the least noisy of 3
+    assert metrics["test_acc_best"] > 0  # a refused run keeps everything it measured
+    if refuse:
+        assert result.exit_code == 1 and record["status"] == "failed"
+        assert "too noisy" in record["reason"] and "--max-spread 0.1" in record["reason"]
+    else:
+        assert result.exit_code == 0 and record["status"] == "ok"

@@ -6,7 +6,8 @@ import torch
 
 import harness
 from conftest import tiny_vit
-from harness.measure import count_gmacs, count_parameters, peak_memory_mb, summarize_rates, time_repeats
+from harness.measure import (Throughput, count_gmacs, count_parameters, measure_until_quiet, peak_memory,
+                             summarize_rates, time_repeats)
 
 
 def test_vit_base_gmacs_match_fvcore_convention():
@@ -58,10 +59,9 @@ def test_cpu_peak_memory_grows_with_batch():
     def step(batch: int):
         return lambda: model(torch.randn(batch, 3, 16, 16)).sum().backward()
 
-    small, method = peak_memory_mb(step(4), device, model)
-    large, _ = peak_memory_mb(step(64), device, model)
-    assert method == "cpu_resident_plus_profiler_peak"
-    assert large > 2 * small > 0
+    small, large = peak_memory(step(4), device, model), peak_memory(step(64), device, model)
+    assert small.method == "cpu_resident_plus_profiler_peak" and small.reserved_mb is None
+    assert large.mb > 2 * small.mb > 0
 
 
 def test_time_based_warmup_and_timing_follow_the_clock():
@@ -95,3 +95,54 @@ def test_per_block_gmacs_add_up_to_the_blocks_share_of_the_total():
     blocks = gmacs_per_block(model, 16)
     assert len(blocks) == 3 and blocks[0] > blocks[1] > blocks[2] > 0  # fewer tokens in every later block
     assert sum(blocks) < count_gmacs(model, 16)  # patch embedding, final norm and head are outside the blocks
+
+
+def test_cuda_peak_memory_resets_before_the_phase_and_reads_allocated_and_reserved(monkeypatch):
+    """No GPU needed: torch.cuda's counters are replaced by a fake allocator that the phase moves."""
+    calls = []
+    peaks = {"allocated": 5 * 2 ** 20, "reserved": 9 * 2 ** 20}  # left over from an earlier phase
+
+    def reset(device):
+        calls.append("reset")
+        peaks.update(allocated=0, reserved=0)
+
+    def phase():
+        calls.append("phase")
+        peaks.update(allocated=3 * 2 ** 20, reserved=4 * 2 ** 20)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peaks["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: peaks["reserved"])
+    memory = peak_memory(phase, torch.device("cuda"), tiny_vit())
+    assert calls == ["reset", "phase"]
+    assert (memory.mb, memory.reserved_mb, memory.method) == (3.0, 4.0, "cuda_max_memory_allocated")
+
+
+def _throughputs(*spreads: float):
+    """A measure() that returns figures of these relative spreads in turn, and the list of what it returned."""
+    returned = []
+
+    def measure():
+        returned.append(Throughput(median=100.0, iqr=100.0 * spreads[len(returned)], repeats=7, batch_size=8))
+        return returned[-1]
+
+    return measure, returned
+
+
+def test_quiet_figure_is_measured_once():
+    measure, returned = _throughputs(0.05, 0.01)
+    result = measure_until_quiet(measure, max_spread=0.1, attempts=3)
+    assert len(returned) == 1 and result.attempts == 1 and result.relative_spread == pytest.approx(0.05)
+
+
+def test_noisy_figure_is_measured_again_until_quiet():
+    measure, returned = _throughputs(0.3, 0.08, 0.01)
+    result = measure_until_quiet(measure, max_spread=0.1, attempts=3)
+    assert len(returned) == 2 and result.attempts == 2 and result.relative_spread == pytest.approx(0.08)
+
+
+def test_figure_noisy_every_time_gives_the_least_noisy_attempt():
+    measure, returned = _throughputs(0.3, 0.2, 0.4)
+    result = measure_until_quiet(measure, max_spread=0.1, attempts=3)
+    assert len(returned) == 3 and result.attempts == 3 and result.relative_spread == pytest.approx(0.2)

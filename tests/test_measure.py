@@ -146,3 +146,20 @@ def test_figure_noisy_every_time_gives_the_least_noisy_attempt():
     measure, returned = _throughputs(0.3, 0.2, 0.4)
     result = measure_until_quiet(measure, max_spread=0.1, attempts=3)
     assert len(returned) == 3 and result.attempts == 3 and result.relative_spread == pytest.approx(0.2)
+
+
+def test_out_of_memory_halves_the_batch_until_it_fits():
+    from harness.measure import MeasureConfig, inference_throughput
+
+    tried = []
+
+    class FitsSixteen(torch.nn.Module):
+        def forward(self, images):
+            tried.append(len(images))
+            if len(images) > 16:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return images.mean()
+
+    quick = MeasureConfig(warmup_iters=1, warmup_seconds=0.0, repeats=3, iters_per_repeat=1)
+    result = inference_throughput(FitsSixteen(), 8, torch.device("cpu"), batch_size=64, settings=quick)
+    assert result.batch_size == 16 and tried[:3] == [64, 32, 16]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from timm.layers import DropPath
 from torch import nn
 
@@ -65,8 +66,11 @@ def small_peft(model: nn.Module, compression: object = None, rank: int | None = 
     if compression is None:
         chosen = _like(model, candidates[0])
     else:
-        target = _throughput(harness.adapt(copy.deepcopy(model), "tome", compression), bench_batch)
-        timed = {name: _throughput(_like(model, name), bench_batch) for name in candidates}
+        device = next(model.parameters()).device
+        # The timing models draw random weights and inputs; the chosen model must start as the seed alone says.
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            target = _throughput(harness.adapt(copy.deepcopy(model), "tome", compression), bench_batch)
+            timed = {name: _throughput(_like(model, name), bench_batch) for name in candidates}
         best = min(timed, key=lambda name: abs(timed[name] / target - 1))
         chosen = _like(model, best)
         info.update(matched_throughput_ratio=timed[best] / target, compressed_reference_img_per_s=target)

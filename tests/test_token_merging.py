@@ -177,6 +177,18 @@ def test_small_peft_matches_throughput_when_compressed_and_records_the_ratio():
     assert info["small_backbone"] == "vit_micro_small_patch4_32" and info["matched_throughput_ratio"] > 0
 
 
+def test_small_peft_throughput_matching_leaves_the_seeded_start_unchanged():
+    def adapted(compression):
+        big = timm.create_model("vit_micro_base_patch4_32", num_classes=3)
+        torch.manual_seed(0)
+        return harness.adapt(big, "small_peft", compression=compression, bench_batch=8)
+
+    plain, matched = adapted(None), adapted("high")
+    assert matched.adaptbench_info["small_backbone"] == plain.adaptbench_info["small_backbone"]
+    for (name, a), (_, b) in zip(plain.state_dict().items(), matched.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_small_peft_refuses_the_smallest_backbone():
     with pytest.raises(harness.UserError, match="smallest backbone of its family"):
         harness.adapt(micro(), "small_peft")

@@ -14,8 +14,11 @@ Conventions (see README, "What is measured"):
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -27,6 +30,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 MIB = 2 ** 20
+# glibc mallopt() parameters; 32 MiB is the largest mmap threshold glibc accepts on 64-bit machines.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEPT_MMAP_BYTES, _KEPT_TRIM_BYTES = 32 * MIB, 1024 * MIB
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -159,6 +165,32 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def _mallopt(parameter: int, value: int) -> bool:
+    return bool(ctypes.CDLL("libc.so.6").mallopt(parameter, value))
+
+
+@functools.cache
+def steady_host_allocator() -> str:
+    """Make glibc keep freed host memory for reuse, for the rest of the process; returns what was set.
+
+    By default glibc gives every large block (from 128 KiB, raised only as blocks are freed) back to the OS, so
+    a fresh process pays page faults on each forward pass that a process warmed by training does not: the same
+    model ran 1.5x slower on CPU in a benchmark script than inside a run (benchmarks/throughput_noise.py). Kept
+    memory makes the figure a property of the model, not of the process's history. Called by every timed path
+    and recorded in each row's environment (``cpu_allocator``).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "system default"
+    try:
+        applied = _mallopt(_M_MMAP_THRESHOLD, _KEPT_MMAP_BYTES) and _mallopt(_M_TRIM_THRESHOLD, _KEPT_TRIM_BYTES)
+    except (OSError, AttributeError):
+        applied = False
+    if not applied:
+        return "glibc default (mallopt refused)"
+    return f"glibc, freed memory kept (mmap threshold {_KEPT_MMAP_BYTES // MIB} MiB, trim threshold " \
+           f"{_KEPT_TRIM_BYTES // MIB} MiB)"
+
+
 @torch.inference_mode()
 def inference_throughput(model: nn.Module, image_size: int, device: torch.device, *, batch_size: int = 64,
                          settings: MeasureConfig = MeasureConfig()) -> Throughput:
@@ -167,6 +199,7 @@ def inference_throughput(model: nn.Module, image_size: int, device: torch.device
     On CUDA out-of-memory the batch is halved until it fits, as timm's benchmark does; the result says which
     batch was used.
     """
+    steady_host_allocator()
     model.eval()
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     while True:

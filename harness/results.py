@@ -16,6 +16,7 @@ import pandas as pd
 import timm
 import torch
 
+from .measure import steady_host_allocator
 from .registry import _REPO_ROOT
 
 RESULTS_CSV = "results.csv"
@@ -80,6 +81,7 @@ def environment(device: torch.device) -> dict:
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model(),
         "device_count": torch.cuda.device_count() if cuda else 1,
         "cpu_model": cpu_model(), "cpu_threads": torch.get_num_threads(),
+        "cpu_allocator": steady_host_allocator(),  # applied here too, so the whole run has it
         "git_commit": git["commit"], "git_dirty": git["dirty"],
         "host_hash": hashlib.sha1(socket.gethostname().encode()).hexdigest()[:10],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

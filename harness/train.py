@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from .data import Normalize
 from .errors import RunFailed
+from .measure import steady_host_allocator
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Trainer:
                  label_smoothing: float = 0.0) -> None:
         self.model, self.optimizer, self.normalize = model, optimizer, normalize
         self.label_smoothing = label_smoothing
+        steady_host_allocator()  # training images/s are timed too
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one uint8 batch; returns the (detached) loss without syncing."""

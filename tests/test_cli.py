@@ -33,7 +33,7 @@ def test_external_plugin_runs_end_to_end(tiny_run):
                 "train_peak_mem_mb", "infer_peak_mem_mb", "gmacs", "total_params", "tunable_params"):
         assert metrics[key] > 0, key
     environment = records[0]["environment"]
-    assert {"torch", "timm", "device_name", "git_commit", "cpu_threads"} <= set(environment)
+    assert {"torch", "timm", "device_name", "git_commit", "cpu_threads", "cpu_allocator"} <= set(environment)
 
 
 def test_results_csv_has_one_flat_row_per_run(tiny_run):

@@ -1,4 +1,5 @@
 import itertools
+import platform
 
 import pytest
 import timm
@@ -163,3 +164,26 @@ def test_out_of_memory_halves_the_batch_until_it_fits():
     quick = MeasureConfig(warmup_iters=1, warmup_seconds=0.0, repeats=3, iters_per_repeat=1)
     result = inference_throughput(FitsSixteen(), 8, torch.device("cpu"), batch_size=64, settings=quick)
     assert result.batch_size == 16 and tried[:3] == [64, 32, 16]
+
+
+@pytest.fixture
+def fresh_allocator_setting():
+    harness.measure.steady_host_allocator.cache_clear()
+    yield
+    harness.measure.steady_host_allocator.cache_clear()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_steady_host_allocator_keeps_freed_memory_and_says_so(monkeypatch, fresh_allocator_setting):
+    calls = []
+    monkeypatch.setattr(harness.measure, "_mallopt", lambda parameter, value: calls.append((parameter, value)) or True)
+    assert "freed memory kept" in harness.measure.steady_host_allocator()
+    assert calls == [(-3, 32 * 2 ** 20), (-1, 1024 * 2 ** 20)]  # M_MMAP_THRESHOLD, then M_TRIM_THRESHOLD
+    harness.measure.steady_host_allocator()
+    assert len(calls) == 2  # once per process
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_steady_host_allocator_reports_a_refused_setting(monkeypatch, fresh_allocator_setting):
+    monkeypatch.setattr(harness.measure, "_mallopt", lambda parameter, value: False)
+    assert harness.measure.steady_host_allocator() == "glibc default (mallopt refused)"

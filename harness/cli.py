@@ -147,11 +147,11 @@ Other commands:
               help="Write torch.profiler traces of a few training and inference steps to <out>/<run>/profile "
                    "(open with: tensorboard --logdir <out>).")
 @click.option("--max-spread", type=click.FloatRange(min=0), default=0.10, show_default=True,
-              help="A throughput whose IQR / median exceeds this is measured again, up to 3 times in all, then "
-                   "flagged as noisy (infer_noisy).")
+              help=f"A throughput whose IQR / median exceeds this is measured again, up to {MeasureConfig.attempts} "
+                   "times in all, then flagged as noisy (infer_noisy).")
 @click.option("--refuse-noisy", is_flag=True,
-              help="Fail a run whose throughput is still noisy after 3 measurements (its figures are kept in its "
-                   "file) instead of flagging it.")
+              help=f"Fail a run whose throughput is still noisy after {MeasureConfig.attempts} measurements (its "
+                   "figures are kept in its file) instead of flagging it.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (recorded in every row).  [default: torch's choice]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")

@@ -68,7 +68,8 @@ def small_peft(model: nn.Module, compression: object = None, rank: int | None = 
     else:
         device = next(model.parameters()).device
         # The timing models draw random weights and inputs; the chosen model must start as the seed alone says.
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             target = _throughput(harness.adapt(copy.deepcopy(model), "tome", compression), bench_batch)
             timed = {name: _throughput(_like(model, name), bench_batch) for name in candidates}
         best = min(timed, key=lambda name: abs(timed[name] / target - 1))

@@ -173,10 +173,15 @@ def fresh_allocator_setting():
     harness.measure.steady_host_allocator.cache_clear()
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
-def test_steady_host_allocator_keeps_freed_memory_and_says_so(monkeypatch, fresh_allocator_setting):
+def _recorded_mallopt(monkeypatch) -> list:
     calls = []
     monkeypatch.setattr(harness.measure, "_mallopt", lambda parameter, value: calls.append((parameter, value)) or True)
+    return calls
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_steady_host_allocator_keeps_freed_memory_and_says_so(monkeypatch, fresh_allocator_setting):
+    calls = _recorded_mallopt(monkeypatch)
     assert "freed memory kept" in harness.measure.steady_host_allocator()
     assert calls == [(-3, 32 * 2 ** 20), (-1, 1024 * 2 ** 20)]  # M_MMAP_THRESHOLD, then M_TRIM_THRESHOLD
     harness.measure.steady_host_allocator()
@@ -187,3 +192,19 @@ def test_steady_host_allocator_keeps_freed_memory_and_says_so(monkeypatch, fresh
 def test_steady_host_allocator_reports_a_refused_setting(monkeypatch, fresh_allocator_setting):
     monkeypatch.setattr(harness.measure, "_mallopt", lambda parameter, value: False)
     assert harness.measure.steady_host_allocator() == "glibc default (mallopt refused)"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_inference_timing_and_training_set_the_allocator(monkeypatch, fresh_allocator_setting):
+    from harness.data import Normalize
+    from harness.measure import MeasureConfig, inference_throughput
+    from harness.train import Trainer
+
+    calls = _recorded_mallopt(monkeypatch)
+    quick = MeasureConfig(warmup_iters=1, warmup_seconds=0.0, repeats=1, iters_per_repeat=1)
+    inference_throughput(tiny_vit(), 16, torch.device("cpu"), batch_size=2, settings=quick)
+    assert len(calls) == 2
+    harness.measure.steady_host_allocator.cache_clear()
+    model = tiny_vit()
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), Normalize((0.5,) * 3, (0.5,) * 3, "cpu"))
+    assert len(calls) == 4

@@ -247,6 +247,9 @@ def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
     board["tasks"] = means.notna().sum(axis=1)
     board["runs"] = per_row.size()
     board["infer_img_per_s"] = per_row["infer_img_per_s"].median()  # the median resists one noisy machine
+    # Runs of one row are measured minutes apart, so this spread holds the machine's drift between them too.
+    board["infer_img_per_s_iqr_over_runs"] = (per_row["infer_img_per_s"].quantile(0.75)
+                                              - per_row["infer_img_per_s"].quantile(0.25))
     for column in ("gmacs", "tunable_params", "tunable_pct", "train_peak_mem_mb", "infer_peak_mem_mb",
                    "matched_throughput_ratio"):
         board[column] = per_row[column].mean()
@@ -486,7 +489,7 @@ _BOARD_COLUMNS = [
     ("acc_natural", "natural", _ACC, True), ("acc_specialized", "specialized", _ACC, True),
     ("acc_structured", "structured", _ACC, True),
     ("acc_mean_tasks", "mean (tasks)", _ACC, True), ("acc_mean_groups", "mean (groups)", _ACC, True),
-    ("infer_img_per_s", "img/s", _number, True), ("speedup", "speedup", _fixed(2, "x"), True),
+    ("infer_img_per_s", "img/s (IQR)", _number, True), ("speedup", "speedup", _fixed(2, "x"), True),
     ("gmacs", "GMACs", lambda value: _number(value, 4), False),
     ("tunable_params", "tunable", _count, False), ("train_peak_mem_mb", "train MiB", _fixed(1), False),
     ("ppt", "PPT", _fixed(3), True),
@@ -513,13 +516,15 @@ def leaderboard_markdown(board: pd.DataFrame) -> str:
     keys = [key for key in _KEY_HEADERS if key != "small_backbone" or board[key].notna().any()]
     cells = board[keys].fillna("–").astype(str)
     for column, _, formatter, higher in columns:
-        text = board[column].map(formatter) if formatter else _with_std(board, column)
+        text = _with_iqr(board, column, formatter) if formatter else _with_std(board, column)
         best = pd.concat([_best_mask(rows[column], higher) for _, rows in board.groupby("device_name")])
         cells[column] = [f"**{t}**" if is_best else t for t, is_best in zip(text, best.reindex(board.index))]
     headers = [_KEY_HEADERS[key] for key in keys] + [header for _, header, _, _ in columns]
     title = (f"# Leaderboard: {board['suite'].iloc[0]} suite\n\nTop-1 test accuracy (%, best evaluation of each "
              f"run), mean ± std over seeds; group and overall means as defined in the README (\"Analysis and "
-             f"publishing\"). Bold: the best value of each column on each device.\n\n")
+             f"publishing\"). Throughput: median over the row's runs, in brackets their interquartile range as % "
+             f"of it (the runs were measured at different times, so it holds the machine's drift too). Bold: the "
+             f"best value of each column on each device.\n\n")
     return title + tabulate(cells.values.tolist(), headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
@@ -529,6 +534,15 @@ def _with_std(board: pd.DataFrame, column: str) -> list[str]:
     return [_ACC(mean) + ("" if pd.isna(std) else f" ± {std:.2f}") for mean, std in zip(board[column], stds)]
 
 
+def _with_iqr(board: pd.DataFrame, column: str, formatter: Callable[[object], str]) -> list[str]:
+    """Formatted values; where the board has ``<column>_iqr_over_runs``, that spread follows as % of the value."""
+    spread = board.get(f"{column}_iqr_over_runs")
+    if spread is None:
+        return list(board[column].map(formatter))
+    return [formatter(value) + ("" if pd.isna(iqr) or not value else f" ({100 * iqr / value:.0f} %)")
+            for value, iqr in zip(board[column], spread)]
+
+
 def console_leaderboard(board: pd.DataFrame) -> str:
     """A compact text table per device and backbone, for the terminal."""
     from tabulate import tabulate
@@ -536,8 +550,9 @@ def console_leaderboard(board: pd.DataFrame) -> str:
     columns = [column for column in _BOARD_COLUMNS if column[0] in board]
     blocks = []
     for (device, backbone), rows in board.groupby(["device_name", "backbone"], sort=False):
-        table = [[row["method"], row["compression"]] + [formatter(row[column]) for column, _, formatter, _ in columns]
-                 for _, row in rows.iterrows()]
+        cells = [_with_iqr(rows, column, formatter) for column, _, formatter, _ in columns]
+        table = [[method, compression, *row_cells]
+                 for method, compression, *row_cells in zip(rows["method"], rows["compression"], *cells)]
         headers = ["method", "compr."] + [header for _, header, _, _ in columns]
         blocks.append(f"{backbone} on {device}:\n"
                       + tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))

@@ -57,6 +57,18 @@ def test_throughput_is_the_median_and_speedup_divides_by_uncompressed_lora(tmp_p
     assert set(board["speedup_reference"]) == {"lora"}
 
 
+def test_throughput_spread_over_a_rows_runs_is_their_interquartile_range(tmp_path):
+    """Runs measured at different times differ with the machine; the board says by how much, beside the median."""
+    records = grid() + grid("tome", "high")
+    for record, rate in zip(records, [900.0, 950.0, 1000.0, 1100.0, 1200.0] + [2000.0] * 5):
+        record["metrics"]["infer_img_per_s"] = rate
+    board = report.leaderboard(report.load_runs([write_runs(tmp_path / "runs", records)])[0])
+    assert board.set_index("method")["infer_img_per_s_iqr_over_runs"].to_dict() == {"lora": 150.0, "tome": 0.0}
+    lora = next(line for line in report.leaderboard_markdown(board).splitlines() if "| lora" in line)
+    assert "1,000 (15 %)" in lora  # quartiles 950 and 1100 of the median 1000
+    assert "1,000 (15 %)" in report.console_leaderboard(board) and "2,000 (0 %)" in report.console_leaderboard(board)
+
+
 def test_speedup_falls_back_to_full_ft_then_nan(tmp_path):
     board = board_of(tmp_path / "a", grid("full_ft", infer_img_per_s=500.0) + grid("tome", "low", infer_img_per_s=1000.0))
     assert board.loc[("tome", "low"), "speedup"] == 2.0 and board.loc[("tome", "low"), "speedup_reference"] == "full_ft"

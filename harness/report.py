@@ -248,8 +248,8 @@ def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
     board["runs"] = per_row.size()
     board["infer_img_per_s"] = per_row["infer_img_per_s"].median()  # the median resists one noisy machine
     # Runs of one row are measured minutes apart, so this spread holds the machine's drift between them too.
-    board["infer_img_per_s_iqr_over_runs"] = (per_row["infer_img_per_s"].quantile(0.75)
-                                              - per_row["infer_img_per_s"].quantile(0.25))
+    rates = per_row["infer_img_per_s"]
+    board["infer_img_per_s_iqr_over_runs"] = (rates.quantile(0.75) - rates.quantile(0.25)).where(rates.count() > 1)
     for column in ("gmacs", "tunable_params", "tunable_pct", "train_peak_mem_mb", "infer_peak_mem_mb",
                    "matched_throughput_ratio"):
         board[column] = per_row[column].mean()

@@ -59,14 +59,17 @@ def test_throughput_is_the_median_and_speedup_divides_by_uncompressed_lora(tmp_p
 
 def test_throughput_spread_over_a_rows_runs_is_their_interquartile_range(tmp_path):
     """Runs measured at different times differ with the machine; the board says by how much, beside the median."""
-    records = grid() + grid("tome", "high")
-    for record, rate in zip(records, [900.0, 950.0, 1000.0, 1100.0, 1200.0] + [2000.0] * 5):
+    records = grid() + grid("tome", "high") + grid("full_ft", tasks=["digits"])
+    for record, rate in zip(records, [900.0, 950.0, 1000.0, 1100.0, 1200.0] + [2000.0] * 5 + [800.0]):
         record["metrics"]["infer_img_per_s"] = rate
     board = report.leaderboard(report.load_runs([write_runs(tmp_path / "runs", records)])[0])
-    assert board.set_index("method")["infer_img_per_s_iqr_over_runs"].to_dict() == {"lora": 150.0, "tome": 0.0}
-    lora = next(line for line in report.leaderboard_markdown(board).splitlines() if "| lora" in line)
-    assert "1,000 (15 %)" in lora  # quartiles 950 and 1100 of the median 1000
-    assert "1,000 (15 %)" in report.console_leaderboard(board) and "2,000 (0 %)" in report.console_leaderboard(board)
+    spread = board.set_index("method")["infer_img_per_s_iqr_over_runs"]
+    assert (spread["lora"], spread["tome"]) == (150.0, 0.0) and math.isnan(spread["full_ft"])  # one run: no spread
+    lines = report.leaderboard_markdown(board).splitlines()
+    assert "1,000 (15 %)" in next(line for line in lines if "| lora" in line)  # quartiles 950, 1100; median 1000
+    assert "| 800 " in next(line for line in lines if "| full_ft" in line)
+    console = report.console_leaderboard(board)
+    assert "1,000 (15 %)" in console and "2,000 (0 %)" in console and "800 (" not in console
 
 
 def test_speedup_falls_back_to_full_ft_then_nan(tmp_path):

@@ -21,7 +21,7 @@ import torch
 from tabulate import tabulate
 
 import harness
-from harness.measure import count_gmacs
+from harness.measure import count_gmacs, device_synchronizer
 
 VARIANTS = [("full", "full_ft", None), ("lora", "lora", None), ("tome-low", "tome", "low"),
             ("tome-high", "tome", "high"), ("pyra-low", "pyra", "low"), ("pyra-high", "pyra", "high"),
@@ -55,7 +55,7 @@ def main() -> None:
     images = torch.randn(args.batch, 3, size, size, device=device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
                 if args.amp else contextlib.nullcontext())
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = device_synchronizer(device)
 
     seconds = {label: [] for label in models}
     with torch.inference_mode(), autocast:

@@ -23,7 +23,7 @@ import timm
 import torch
 
 import harness
-from harness.measure import MeasureConfig, inference_throughput, time_repeats
+from harness.measure import MeasureConfig, device_synchronizer, inference_throughput, time_repeats
 
 PRODUCT_SIZE = 1024
 WINDOW_SECONDS = 10.0
@@ -35,6 +35,11 @@ def product_gflops(device: torch.device, synchronize) -> float:
     seconds = time_repeats(lambda: torch.mm(left, right), warmup=2, warmup_seconds=0.1, repeats=5,
                            iters_per_repeat=3, synchronize=synchronize)
     return 2 * PRODUCT_SIZE ** 3 / statistics.median(seconds) / 1e9
+
+
+def variation_pct(values: list[float]) -> float:
+    """Coefficient of variation, in %."""
+    return 100 * statistics.stdev(values) / statistics.mean(values)
 
 
 @torch.inference_mode()
@@ -68,7 +73,7 @@ def main() -> None:
     model = harness.merge_for_inference(harness.adapt(timm.create_model(args.backbone, pretrained=False), "lora"))
     model = model.to(device).eval()
     size = model.patch_embed.img_size[0]
-    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    synchronize = device_synchronizer(device)
     results, products = [], []
     for index in range(1, args.times + 1):
         results.append(inference_throughput(model, size, device, batch_size=args.batch, settings=settings))
@@ -76,22 +81,21 @@ def main() -> None:
         print(f"{index:2d}: {results[-1].median:9.1f} img/s  (IQR {results[-1].iqr:.1f}, spread "
               f"{results[-1].relative_spread:.3f});  matrix product {products[-1]:6.1f} GFLOP/s", flush=True)
     medians = [r.median for r in results]
-    cv = statistics.stdev(medians) / statistics.mean(medians)
     pairs = list(itertools.combinations(results, 2))
     within = sum(abs(a.median - b.median) <= max(a.iqr, b.iqr) for a, b in pairs)
     print(f"{args.backbone}, batch {args.batch}, {torch.get_num_threads()} threads, {settings.repeats}+ repeats of "
           f"{settings.iters_per_repeat}, timed >= {settings.timed_seconds} s: mean {statistics.mean(medians):.1f} "
-          f"img/s, coefficient of variation of the medians {100 * cv:.2f} %, pairs of medians within the reported "
-          f"spread: {within}/{len(pairs)} ({'all' if within == len(pairs) else 'not all'})")
-    print(f"matrix product: coefficient of variation {100 * statistics.stdev(products) / statistics.mean(products):.2f}"
-          f" %, correlation with the medians {statistics.correlation(medians, products):+.2f}")
+          f"img/s, coefficient of variation of the medians {variation_pct(medians):.2f} %, pairs of medians within "
+          f"the reported spread: {within}/{len(pairs)} ({'all' if within == len(pairs) else 'not all'})")
+    print(f"matrix product: coefficient of variation {variation_pct(products):.2f} %, correlation with the medians "
+          f"{statistics.correlation(medians, products):+.2f}")
     if args.bare_seconds > 0:
         images = torch.randn(args.batch, 3, size, size, device=device)
         rates = bare_loop_rates(model, images, args.bare_seconds, synchronize)
         print(f"bare loop, img/s per {WINDOW_SECONDS:.0f} s: {' '.join(f'{rate:.0f}' for rate in rates)}")
         print(f"bare loop: lowest {min(rates):.1f}, highest {max(rates):.1f} img/s "
               f"({100 * (max(rates) / min(rates) - 1):.1f} % apart); coefficient of variation "
-              f"{100 * statistics.stdev(rates) / statistics.mean(rates):.2f} %")
+              f"{variation_pct(rates):.2f} %")
 
 
 if __name__ == "__main__":

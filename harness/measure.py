@@ -165,6 +165,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def device_synchronizer(device: torch.device) -> Callable[[], None]:
+    """What waits for ``device`` to finish queued work: ``torch.cuda.synchronize`` on CUDA, nothing on CPU."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def _mallopt(parameter: int, value: int) -> bool:
     return bool(ctypes.CDLL("libc.so.6").mallopt(parameter, value))
 
@@ -201,7 +206,7 @@ def inference_throughput(model: nn.Module, image_size: int, device: torch.device
     """
     steady_host_allocator()
     model.eval()
-    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    synchronize = device_synchronizer(device)
     while True:
         try:
             images = torch.randn(batch_size, 3, image_size, image_size, device=device)

@@ -68,6 +68,10 @@ def main() -> None:
     parser.add_argument("--bare-seconds", type=float, default=0.0,
                         help=f"then run the model in a bare loop this long, printing img/s per {WINDOW_SECONDS:.0f} s")
     args = parser.parse_args()
+    if args.times < 2:
+        parser.error("--times must be at least 2: a spread needs two measurements")
+    if 0 < args.bare_seconds < 2 * WINDOW_SECONDS:
+        parser.error(f"--bare-seconds must be 0 or at least {2 * WINDOW_SECONDS:.0f}: a drift needs two windows")
     settings = MeasureConfig(timed_seconds=args.timed_seconds, iters_per_repeat=args.iters_per_repeat)
     device = torch.device(args.device)
     model = harness.merge_for_inference(harness.adapt(timm.create_model(args.backbone, pretrained=False), "lora"))

@@ -7,6 +7,7 @@ Shapes are drawn at twice the size and downsampled, so edges are anti-aliased li
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Callable
@@ -61,17 +62,29 @@ def _background(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8))
 
 
-def _procedural(name: str, num_classes: int, draw: Callable[[int, np.random.Generator], Image.Image],
-                seed: int, noise: float = 12.0) -> TaskData:
-    """Balanced labels, one image per label drawn by ``draw(label, rng)``, split and cached."""
+Draw = Callable[[int, np.random.Generator], Image.Image]
 
-    def build() -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        labels = np.arange(TRAIN + VAL + TEST) % num_classes
-        images = np.stack([_to_chw(draw(int(label), rng), rng, noise) for label in labels])
-        return _split(images, labels.astype(np.int64), rng)
 
-    return _task_data(cached_arrays(f"offline-{name}-{VERSION}", build), num_classes)
+def procedural_task(name: str, group: str, num_classes: int, seed: int, noise: float = 12.0
+                    ) -> Callable[[Draw], Draw]:
+    """Decorator: register ``draw(label, rng) -> image`` as task ``name``: balanced labels, one image per label,
+    split and cached. The task's description is ``draw``'s docstring."""
+
+    def decorate(draw: Draw) -> Draw:
+        def build() -> dict[str, np.ndarray]:
+            rng = np.random.default_rng(seed)
+            labels = np.arange(TRAIN + VAL + TEST) % num_classes
+            images = np.stack([_to_chw(draw(int(label), rng), rng, noise) for label in labels])
+            return _split(images, labels.astype(np.int64), rng)
+
+        def load(data_root: Path | None = None) -> TaskData:
+            return _task_data(cached_arrays(f"offline-{name}-{VERSION}", build), num_classes)
+
+        load.__doc__, load.__qualname__ = draw.__doc__, f"offline_{name}"
+        harness.register_task(name, suite="offline", group=group)(load)
+        return draw
+
+    return decorate
 
 
 def _ellipse(draw: ImageDraw.ImageDraw, center: tuple[float, float], radii: tuple[float, float], angle: float,
@@ -114,114 +127,105 @@ def digits(data_root: Path | None = None) -> TaskData:
 PHOTO_GRID = (2, 4)  # rows, columns of regions per photograph
 
 
-@harness.register_task("photos", suite="offline", group="natural")
-def photos(data_root: Path | None = None) -> TaskData:
-    """Which region of scikit-learn's two real sample photographs a jittered crop shows (16 classes)."""
+SAMPLE_PHOTOS = 2  # scikit-learn ships two sample photographs
+
+
+@functools.cache
+def _sample_photos() -> list[Image.Image]:
     from sklearn.datasets import load_sample_images
 
-    sources = [Image.fromarray(array) for array in load_sample_images().images]
+    return [Image.fromarray(array) for array in load_sample_images().images]
+
+
+@procedural_task("photos", "natural", SAMPLE_PHOTOS * PHOTO_GRID[0] * PHOTO_GRID[1], seed=2)
+def photos(label: int, rng: np.random.Generator) -> Image.Image:
+    """Which region of scikit-learn's two real sample photographs a jittered crop shows (16 classes)."""
     rows, columns = PHOTO_GRID
-
-    def draw(label: int, rng: np.random.Generator) -> Image.Image:
-        photo = sources[label // (rows * columns)]
-        row, column = divmod(label % (rows * columns), columns)
-        cell_w, cell_h = photo.width / columns, photo.height / rows
-        side = rng.uniform(0.35, 0.7) * min(cell_w, cell_h)
-        cx = (column + rng.uniform(0.25, 0.75)) * cell_w
-        cy = (row + rng.uniform(0.25, 0.75)) * cell_h
-        crop = photo.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)))
-        crop = crop.resize((CANVAS, CANVAS), Image.BILINEAR)
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        pixels = np.asarray(crop, dtype=np.float32) * rng.uniform(0.6, 1.3) + rng.uniform(-30, 30)
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-    return _procedural("photos", len(sources) * rows * columns, draw, seed=2)
+    photo = _sample_photos()[label // (rows * columns)]
+    row, column = divmod(label % (rows * columns), columns)
+    cell_w, cell_h = photo.width / columns, photo.height / rows
+    side = rng.uniform(0.35, 0.7) * min(cell_w, cell_h)
+    cx = (column + rng.uniform(0.25, 0.75)) * cell_w
+    cy = (row + rng.uniform(0.25, 0.75)) * cell_h
+    crop = photo.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)))
+    crop = crop.resize((CANVAS, CANVAS), Image.BILINEAR)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    pixels = np.asarray(crop, dtype=np.float32) * rng.uniform(0.6, 1.3) + rng.uniform(-30, 30)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 CELL_SHAPES = ("round", "spindle", "pleomorphic", "ring")
 
 
-@harness.register_task("cells", suite="offline", group="specialized")
-def cells(data_root: Path | None = None) -> TaskData:
+@procedural_task("cells", "specialized", len(CELL_SHAPES), seed=3, noise=14.0)
+def cells(label: int, rng: np.random.Generator) -> Image.Image:
     """Microscopy-like stained tissue; classify nucleus morphology (stands in for Patch Camelyon)."""
-
-    def draw(label: int, rng: np.random.Generator) -> Image.Image:
-        stroma = np.array([230, 170, 200]) + rng.integers(-25, 25, 3)
-        image = Image.new("RGB", (CANVAS, CANVAS), tuple(int(c) for c in stroma))
-        pen = ImageDraw.Draw(image)
-        for _ in range(rng.integers(20, 40)):  # fibres and debris shared by every class
-            x, y = rng.uniform(0, CANVAS, 2)
-            pen.line([(x, y), (x + rng.uniform(-12, 12), y + rng.uniform(-12, 12))],
-                     fill=tuple(int(c) for c in stroma - rng.integers(10, 50, 3)), width=1)
-        for _ in range(rng.integers(3, 8)):
-            stain = (int(rng.integers(60, 120)), int(rng.integers(20, 70)), int(rng.integers(110, 170)))
-            center = tuple(rng.uniform(6, CANVAS - 6, 2))
-            shape = CELL_SHAPES[label]
-            if shape == "round":
-                radius = rng.uniform(3.5, 5.5)
-                _ellipse(pen, center, (radius, radius * rng.uniform(0.85, 1.0)), rng.uniform(0, math.pi), stain)
-            elif shape == "spindle":
-                _ellipse(pen, center, (rng.uniform(6, 9), rng.uniform(1.8, 2.8)), rng.uniform(0, math.pi), stain)
-            elif shape == "pleomorphic":
-                for _ in range(3):
-                    offset = rng.normal(0, 2.0, 2)
-                    _ellipse(pen, (center[0] + offset[0], center[1] + offset[1]),
-                             tuple(rng.uniform(2.5, 5.0, 2)), rng.uniform(0, math.pi), stain)
-            else:
-                radius = rng.uniform(4.5, 6.5)
-                _ellipse(pen, center, (radius, radius), 0.0, stain)
-                _ellipse(pen, center, (radius * 0.55, radius * 0.55), 0.0, tuple(int(c) for c in stroma))
-        return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
-
-    return _procedural("cells", len(CELL_SHAPES), draw, seed=3, noise=14.0)
+    stroma = np.array([230, 170, 200]) + rng.integers(-25, 25, 3)
+    image = Image.new("RGB", (CANVAS, CANVAS), tuple(int(c) for c in stroma))
+    pen = ImageDraw.Draw(image)
+    for _ in range(rng.integers(20, 40)):  # fibres and debris shared by every class
+        x, y = rng.uniform(0, CANVAS, 2)
+        pen.line([(x, y), (x + rng.uniform(-12, 12), y + rng.uniform(-12, 12))],
+                 fill=tuple(int(c) for c in stroma - rng.integers(10, 50, 3)), width=1)
+    for _ in range(rng.integers(3, 8)):
+        stain = (int(rng.integers(60, 120)), int(rng.integers(20, 70)), int(rng.integers(110, 170)))
+        center = tuple(rng.uniform(6, CANVAS - 6, 2))
+        shape = CELL_SHAPES[label]
+        if shape == "round":
+            radius = rng.uniform(3.5, 5.5)
+            _ellipse(pen, center, (radius, radius * rng.uniform(0.85, 1.0)), rng.uniform(0, math.pi), stain)
+        elif shape == "spindle":
+            _ellipse(pen, center, (rng.uniform(6, 9), rng.uniform(1.8, 2.8)), rng.uniform(0, math.pi), stain)
+        elif shape == "pleomorphic":
+            for _ in range(3):
+                offset = rng.normal(0, 2.0, 2)
+                _ellipse(pen, (center[0] + offset[0], center[1] + offset[1]),
+                         tuple(rng.uniform(2.5, 5.0, 2)), rng.uniform(0, math.pi), stain)
+        else:
+            radius = rng.uniform(4.5, 6.5)
+            _ellipse(pen, center, (radius, radius), 0.0, stain)
+            _ellipse(pen, center, (radius * 0.55, radius * 0.55), 0.0, tuple(int(c) for c in stroma))
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
 
 
 MAX_COUNT = 8
 
 
-@harness.register_task("count", suite="offline", group="structured")
-def count(data_root: Path | None = None) -> TaskData:
+@procedural_task("count", "structured", MAX_COUNT, seed=4)
+def count(label: int, rng: np.random.Generator) -> Image.Image:
     """How many objects (1-8) of random shape, colour and size are in the scene (stands in for CLEVR-count)."""
-
-    def draw(label: int, rng: np.random.Generator) -> Image.Image:
-        image = _background(rng)
-        pen = ImageDraw.Draw(image)
-        placed: list[tuple[float, float, float]] = []
-        while len(placed) < label + 1:
-            radius = rng.uniform(3.5, 6.5)
-            x, y = rng.uniform(radius + 1, CANVAS - radius - 1, 2)
-            if all(math.hypot(x - px, y - py) > radius + pr + 1 for px, py, pr in placed):
-                placed.append((x, y, radius))
-                color = _random_color(rng, 90)
-                if rng.random() < 0.5:
-                    pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color)
-                else:
-                    pen.regular_polygon((x, y, radius), n_sides=int(rng.integers(3, 5)),
-                                        rotation=float(rng.uniform(0, 360)), fill=color)
-        return image
-
-    return _procedural("count", MAX_COUNT, draw, seed=4)
+    image = _background(rng)
+    pen = ImageDraw.Draw(image)
+    placed: list[tuple[float, float, float]] = []
+    while len(placed) < label + 1:
+        radius = rng.uniform(3.5, 6.5)
+        x, y = rng.uniform(radius + 1, CANVAS - radius - 1, 2)
+        if all(math.hypot(x - px, y - py) > radius + pr + 1 for px, py, pr in placed):
+            placed.append((x, y, radius))
+            color = _random_color(rng, 90)
+            if rng.random() < 0.5:
+                pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color)
+            else:
+                pen.regular_polygon((x, y, radius), n_sides=int(rng.integers(3, 5)),
+                                    rotation=float(rng.uniform(0, 360)), fill=color)
+    return image
 
 
 ORIENTATION_BINS = 8
 
 
-@harness.register_task("orientation", suite="offline", group="structured")
-def orientation(data_root: Path | None = None) -> TaskData:
+@procedural_task("orientation", "structured", ORIENTATION_BINS, seed=5)
+def orientation(label: int, rng: np.random.Generator) -> Image.Image:
     """Orientation of one elongated object, in 8 bins over 180 degrees (stands in for dSprites-orientation)."""
-
-    def draw(label: int, rng: np.random.Generator) -> Image.Image:
-        image = _background(rng)
-        pen = ImageDraw.Draw(image)
-        angle = (label + rng.uniform(0.1, 0.9)) * math.pi / ORIENTATION_BINS
-        length = rng.uniform(10, 20)
-        center = tuple(rng.uniform(length + 2, CANVAS - length - 2, 2))
-        _ellipse(pen, center, (length, rng.uniform(2.5, 5.0)), angle, _random_color(rng, 90))
-        for _ in range(rng.integers(0, 3)):  # round distractors carry no orientation
-            x, y = rng.uniform(4, CANVAS - 4, 2)
-            radius = rng.uniform(2, 4)
-            pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=_random_color(rng, 90))
-        return image
-
-    return _procedural("orientation", ORIENTATION_BINS, draw, seed=5)
+    image = _background(rng)
+    pen = ImageDraw.Draw(image)
+    angle = (label + rng.uniform(0.1, 0.9)) * math.pi / ORIENTATION_BINS
+    length = rng.uniform(10, 20)
+    center = tuple(rng.uniform(length + 2, CANVAS - length - 2, 2))
+    _ellipse(pen, center, (length, rng.uniform(2.5, 5.0)), angle, _random_color(rng, 90))
+    for _ in range(rng.integers(0, 3)):  # round distractors carry no orientation
+        x, y = rng.uniform(4, CANVAS - 4, 2)
+        radius = rng.uniform(2, 4)
+        pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=_random_color(rng, 90))
+    return image

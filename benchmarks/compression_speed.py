@@ -11,17 +11,16 @@ MAC into time).
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
+import functools
 import statistics
-import time
 
 import timm
 import torch
-from tabulate import tabulate
 
 import harness
-from harness.measure import count_gmacs, device_synchronizer
+from harness.measure import autocast, count_gmacs, device_synchronizer, summarize_rates
+
+from common import machine, make_parser, print_table, setup, time_rounds
 
 VARIANTS = [("full", "full_ft", None), ("lora", "lora", None), ("tome-low", "tome", "low"),
             ("tome-high", "tome", "high"), ("pyra-low", "pyra", "low"), ("pyra-high", "pyra", "high"),
@@ -29,17 +28,14 @@ VARIANTS = [("full", "full_ft", None), ("lora", "lora", None), ("tome-low", "tom
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="vit_base_patch16_224")
+    parser = make_parser(__doc__, "vit_base_patch16_224", device=True)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    harness.load_plugins()
+    device = setup(args.device)
 
     models, gmacs = {}, {}
     for label, method, level in VARIANTS:
@@ -53,37 +49,21 @@ def main() -> None:
         model = model.to(device)
         models[label] = torch.compile(model) if args.compile else model
     images = torch.randn(args.batch, 3, size, size, device=device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
-                if args.amp else contextlib.nullcontext())
-    sync = device_synchronizer(device)
-
-    seconds = {label: [] for label in models}
-    with torch.inference_mode(), autocast:
-        for model in models.values():
-            for _ in range(args.warmup):
-                model(images)
-        sync()
-        for _ in range(args.rounds):
-            for label, model in models.items():
-                started = time.perf_counter()
-                model(images)
-                sync()
-                seconds[label].append(time.perf_counter() - started)
+    with torch.inference_mode(), autocast(device, args.amp or "fp32"):
+        seconds = time_rounds({label: functools.partial(model, images) for label, model in models.items()},
+                              args.rounds, warmup=args.warmup, synchronize=device_synchronizer(device))
 
     rows = []
     base_rate = args.batch / statistics.median(seconds["full"])
     for label in models:
-        rates = sorted(args.batch / s for s in seconds[label])
-        median = statistics.median(rates)
-        quartiles = statistics.quantiles(rates, n=4, method="inclusive")
-        speedup, gmacs_ratio = median / base_rate, gmacs["full"] / gmacs[label]
-        rows.append([label, f"{gmacs[label]:.2f}", f"{gmacs_ratio:.2f}x", f"{median:.1f}",
-                     f"{quartiles[2] - quartiles[0]:.1f}", f"{speedup:.2f}x", f"{speedup / gmacs_ratio:.2f}"])
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+        rates = summarize_rates([args.batch / s for s in seconds[label]], args.batch)
+        speedup, gmacs_ratio = rates.median / base_rate, gmacs["full"] / gmacs[label]
+        rows.append([label, f"{gmacs[label]:.2f}", f"{gmacs_ratio:.2f}x", f"{rates.median:.1f}", f"{rates.iqr:.1f}",
+                     f"{speedup:.2f}x", f"{speedup / gmacs_ratio:.2f}"])
     print(f"{args.backbone}, batch {args.batch}, {args.amp or 'fp32'}{', compiled' if args.compile else ''}, "
-          f"{device_name}, {args.rounds} rounds")
-    print(tabulate(rows, headers=["variant", "GMACs", "GMACs ratio", "img/s (median)", "IQR", "speed-up",
-                                  "speed-up / GMACs ratio"], tablefmt="github"))
+          f"{machine(device)}, {args.rounds} rounds")
+    print_table(rows, ["variant", "GMACs", "GMACs ratio", "img/s (median)", "IQR", "speed-up",
+                       "speed-up / GMACs ratio"])
 
 
 if __name__ == "__main__":

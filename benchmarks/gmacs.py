@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import timm
 import torch
-from tabulate import tabulate
 
 import harness
 from harness.measure import count_gmacs, count_parameters
+
+from common import print_table
 
 BACKBONES = ["vit_base_patch16_224", "vit_small_patch16_224", "vit_large_patch16_224",
              "vit_micro_base_patch4_32", "vit_micro_small_patch4_32"]
@@ -27,8 +28,7 @@ def main() -> None:
         rows.append([name, size, f"{total / 1e6:.2f}", f"{count_gmacs(model, size):.4f}",
                      f"{count_gmacs(adapted, size):.4f}"])
         del model, adapted
-    print(tabulate(rows, headers=["backbone", "input", "params (M)", "GMACs", "GMACs lora (merged)"],
-                   tablefmt="github"))
+    print_table(rows, ["backbone", "input", "params (M)", "GMACs", "GMACs lora (merged)"])
 
 
 if __name__ == "__main__":

@@ -9,33 +9,37 @@ gives per-task test accuracy (mean over seeds) pretrained vs random init and the
 """
 from __future__ import annotations
 
-import argparse
+import functools
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from harness import registry
-from harness.results import STATUS_OK, flatten
-from harness.runner import load_tasks, plan_runs, run_all
+from harness.plan import load_tasks, plan_runs
+from harness.results import flatten
+from harness.runner import inline_executor, run_all
+from harness.store import STATUS_OK, RunStore
+
+from common import make_parser, setup
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__, "vit_micro_base_patch4_32")
     parser.add_argument("--methods", default="lora")
-    parser.add_argument("--backbone", default="vit_micro_base_patch4_32")
     parser.add_argument("--tasks", default="offline")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="default: each task's")
     parser.add_argument("--out", type=Path, default=Path("runs/transfer"))
     args = parser.parse_args()
-    device = torch.device("cpu")
+    device = setup()
     tasks = load_tasks(registry.expand_tasks(args.tasks.split(",")), None)
     configs = [config for pretrained in (True, False)
                for config in plan_runs(args.methods.split(","), tasks, seeds=[int(s) for s in args.seeds.split(",")],
                                        compressions=None, backbone=args.backbone, pretrained=pretrained,
                                        device=device, train_overrides={"epochs": args.epochs})]
-    records = run_all(configs, tasks, args.out, device, log=lambda line: print(line, flush=True))
+    log = functools.partial(print, flush=True)
+    store = RunStore(args.out)
+    records = run_all(configs, store, inline_executor(tasks, store, device, log), log=log)
     frame = pd.DataFrame([flatten(record) for record in records if record["status"] == STATUS_OK])
     table = frame.pivot_table(index=["method", "task"], columns="pretrained", values="test_acc_best", aggfunc="mean")
     table = table.rename(columns={True: "pretrained", False: "random init"})

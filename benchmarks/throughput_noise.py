@@ -14,7 +14,6 @@ S seconds, and its images/s are printed per 10-second window: if those move as t
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import time
@@ -24,6 +23,8 @@ import torch
 
 import harness
 from harness.measure import MeasureConfig, device_synchronizer, inference_throughput, time_repeats
+
+from common import machine, make_parser, setup
 
 PRODUCT_SIZE = 1024
 WINDOW_SECONDS = 10.0
@@ -57,11 +58,9 @@ def bare_loop_rates(model: torch.nn.Module, images: torch.Tensor, seconds: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="vit_micro_base_patch4_32")
+    parser = make_parser(__doc__, "vit_micro_base_patch4_32", device=True)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--times", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--timed-seconds", type=float, default=MeasureConfig.timed_seconds,
                         help="time each measurement for at least this long (more repeats)")
     parser.add_argument("--iters-per-repeat", type=int, default=MeasureConfig.iters_per_repeat)
@@ -73,7 +72,7 @@ def main() -> None:
     if 0 < args.bare_seconds < 2 * WINDOW_SECONDS:
         parser.error(f"--bare-seconds must be 0 or at least {2 * WINDOW_SECONDS:.0f}: a drift needs two windows")
     settings = MeasureConfig(timed_seconds=args.timed_seconds, iters_per_repeat=args.iters_per_repeat)
-    device = torch.device(args.device)
+    device = setup(args.device)
     model = harness.merge_for_inference(harness.adapt(timm.create_model(args.backbone, pretrained=False), "lora"))
     model = model.to(device).eval()
     size = model.patch_embed.img_size[0]
@@ -87,7 +86,7 @@ def main() -> None:
     medians = [r.median for r in results]
     pairs = list(itertools.combinations(results, 2))
     within = sum(abs(a.median - b.median) <= max(a.iqr, b.iqr) for a, b in pairs)
-    print(f"{args.backbone}, batch {args.batch}, {torch.get_num_threads()} threads, {settings.repeats}+ repeats of "
+    print(f"{args.backbone}, batch {args.batch}, {machine(device)}, {settings.repeats}+ repeats of "
           f"{settings.iters_per_repeat}, timed >= {settings.timed_seconds} s: mean {statistics.mean(medians):.1f} "
           f"img/s, coefficient of variation of the medians {variation_pct(medians):.2f} %, pairs of medians within "
           f"the reported spread: {within}/{len(pairs)} ({'all' if within == len(pairs) else 'not all'})")

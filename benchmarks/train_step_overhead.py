@@ -8,9 +8,7 @@ harness / bare (1.0 = no overhead).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +17,16 @@ import harness
 from harness.data import Normalize
 from harness.train import Schedule, TrainConfig, Trainer, build_optimizer, train_epoch
 
+from common import machine, make_parser, setup, time_rounds
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="vit_micro_base_patch4_32")
+    parser = make_parser(__doc__, "vit_micro_base_patch4_32")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    device = setup()
 
     torch.manual_seed(0)
     model = harness.adapt(harness.create_backbone(args.backbone, 10, pretrained=False, drop_path_rate=0.1), "lora")
@@ -35,7 +35,7 @@ def main() -> None:
     labels = torch.randint(0, 10, (args.batch_size,))
     config = TrainConfig(epochs=1000, warmup_epochs=1)
     optimizer = build_optimizer(model, config)
-    normalize = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), torch.device("cpu"))
+    normalize = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), device)
     trainer = Trainer(model, optimizer, normalize)
     schedule = Schedule(config, steps_per_epoch=args.steps)
     batches = [(images, labels)] * args.steps
@@ -52,16 +52,10 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    harness_round(), bare_round()  # warm-up
-    timings = {"harness": [], "bare": []}
-    for _ in range(args.rounds):
-        for name, run_round in (("harness", harness_round), ("bare", bare_round)):
-            started = time.perf_counter()
-            run_round()
-            timings[name].append((time.perf_counter() - started) / args.steps)
-    harness_s, bare_s = statistics.median(timings["harness"]), statistics.median(timings["bare"])
+    timings = time_rounds({"harness": harness_round, "bare": bare_round}, args.rounds, warmup=1)
+    harness_s, bare_s = (statistics.median(timings[name]) / args.steps for name in ("harness", "bare"))
     print(f"backbone {args.backbone}, LoRA, batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, "
-          f"{torch.get_num_threads()} threads")
+          f"{machine(device)}")
     print(f"bare PyTorch loop : {1000 * bare_s:7.2f} ms/step  {args.batch_size / bare_s:7.1f} img/s")
     print(f"harness loop      : {1000 * harness_s:7.2f} ms/step  {args.batch_size / harness_s:7.1f} img/s")
     print(f"throughput ratio harness/bare: {bare_s / harness_s:.3f}")

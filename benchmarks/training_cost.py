@@ -10,31 +10,28 @@ step.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import timm
 import torch
-from tabulate import tabulate
 
 import harness
 from harness.data import Normalize
 from harness.measure import count_parameters, peak_memory
 from harness.train import TrainConfig, Trainer, build_optimizer
 
+from common import machine, make_parser, print_table, setup
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="vit_base_patch16_224")
+    parser = make_parser(__doc__, "vit_base_patch16_224", device=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--methods", default="full_ft,lora,pyra")
     parser.add_argument("--compression", default="high", help="level for methods that compress")
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    harness.load_plugins()
+    device = setup(args.device)
     rows = []
     for method in args.methods.split(","):
         torch.manual_seed(0)
@@ -58,11 +55,9 @@ def main() -> None:
         reserved = "-" if memory.reserved_mb is None else f"{memory.reserved_mb:.0f}"
         rows.append([method, level, f"{tunable:,}", f"{memory.mb:.0f}", reserved,
                      f"{args.batch / statistics.median(seconds):.2f}"])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"{args.backbone}, batch {args.batch}, fp32, {name}; memory: {memory.method}")
-    print(tabulate(rows, headers=["method", "compression", "tunable params", "train peak MiB",
-                                  "train peak reserved MiB", "train img/s"],
-                   tablefmt="github"))
+    print(f"{args.backbone}, batch {args.batch}, fp32, {machine(device)}; memory: {memory.method}")
+    print_table(rows, ["method", "compression", "tunable params", "train peak MiB", "train peak reserved MiB",
+                       "train img/s"])
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ from torch import nn
 
 from . import registry
 from .errors import UserError
-
-NO_COMPRESSION = (None, "none")
+from .vocabulary import is_uncompressed
 
 
 def adapt(model: nn.Module, method: str, compression: object = None, **options) -> nn.Module:
@@ -21,7 +20,7 @@ def adapt(model: nn.Module, method: str, compression: object = None, **options) 
     to the method (e.g. ``rank=16`` for ``lora``).
     """
     spec = registry.get_method(method)
-    if compression not in NO_COMPRESSION and not spec.compresses:
+    if not is_uncompressed(compression) and not spec.compresses:
         raise UserError(f"method '{method}' does not compress; use compression none (or pick a compressing method)")
     accepted = inspect.signature(spec.fn).parameters
     unknown = [key for key in options if key not in accepted]
@@ -29,7 +28,7 @@ def adapt(model: nn.Module, method: str, compression: object = None, **options) 
         valid = [name for name in accepted if name not in ("model", "compression")]
         raise UserError(f"method '{method}' has no option {', '.join(unknown)}; its options: "
                         f"{', '.join(valid) or 'none'}")
-    adapted = spec.fn(model, compression=None if compression == "none" else compression, **options)
+    adapted = spec.fn(model, compression=None if is_uncompressed(compression) else compression, **options)
     return model if adapted is None else adapted
 
 

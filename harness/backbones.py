@@ -20,21 +20,19 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from . import presets
 from .errors import UserError
 
-# LoRA ranks PYRA uses, keyed by embedding width (ViT-S, ViT-B, ViT-L; DeiT-S/B share the widths).
-_PYRA_LORA_RANKS = {384: 4, 768: 8, 1024: 12}
-
-
 def lora_rank_for(embed_dim: int) -> int:
-    """PYRA's rank for ViT-S/B/L widths; otherwise about one rank per 96 channels (PYRA's own ratio), at least 4
-    so that micro backbones keep enough capacity to adapt."""
-    return _PYRA_LORA_RANKS.get(embed_dim, max(4, round(embed_dim / 96)))
+    """PYRA's rank for ViT-S/B/L widths (``backbones.toml``); otherwise about one rank per 96 channels (PYRA's
+    own ratio), at least 4 so that micro backbones keep enough capacity to adapt."""
+    ranks = presets.load("backbones")["lora_rank_by_width"]
+    return ranks.get(str(embed_dim), max(4, round(embed_dim / 96)))
 
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """A backbone adaptbench knows by name: its family and size order (for small-model baselines)."""
+    """A backbone adaptbench knows by name (``harness/presets/backbones.toml``): its family and size order."""
 
     name: str
     family: str
@@ -42,17 +40,24 @@ class BackboneInfo:
     description: str
 
 
-KNOWN_BACKBONES: dict[str, BackboneInfo] = {info.name: info for info in (
-    BackboneInfo("vit_micro_small_patch4_32", "micro", 0,
-                 "micro ViT-S-like: 32x32, patch 4, dim 48, 3 heads, depth 12 (offline, CPU)"),
-    BackboneInfo("vit_micro_base_patch4_32", "micro", 1,
-                 "micro ViT-B-like: 32x32, patch 4, dim 96, 6 heads, depth 12 (offline default, CPU)"),
-    BackboneInfo("vit_small_patch16_224.augreg_in21k", "vit", 0, "ViT-S/16 ImageNet-21k (timm hub weights)"),
-    BackboneInfo("vit_base_patch16_224.orig_in21k", "vit", 1,
-                 "ViT-B/16 Google ImageNet-21k, PYRA's backbone (timm hub weights)"),
-    BackboneInfo("vit_large_patch16_224.orig_in21k", "vit", 2,
-                 "ViT-L/16 Google ImageNet-21k, PYRA's backbone (timm hub weights)"),
-)}
+KNOWN_BACKBONES: dict[str, BackboneInfo] = {name: BackboneInfo(name, **fields)
+                                            for name, fields in presets.load("backbones")["backbones"].items()}
+
+
+def known_backbone(model: nn.Module) -> BackboneInfo | None:
+    """The entry of ``model``'s backbone (by its timm name and tag, else by architecture alone), or None."""
+    cfg = model.pretrained_cfg  # every timm model has one
+    name = cfg.get("architecture", "")
+    tagged = f"{name}.{cfg['tag']}" if cfg.get("tag") else name
+    return KNOWN_BACKBONES.get(tagged) or next(
+        (info for known, info in KNOWN_BACKBONES.items() if known.split(".")[0] == name), None)
+
+
+def smaller_in_family(info: BackboneInfo) -> list[BackboneInfo]:
+    """The known backbones of ``info``'s family that are smaller than it, largest first."""
+    smaller = [other for other in KNOWN_BACKBONES.values()
+               if other.family == info.family and other.size_rank < info.size_rank]
+    return sorted(smaller, key=lambda other: -other.size_rank)
 
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -159,7 +164,7 @@ def create_backbone(name: str, num_classes: int, *, pretrained: bool | None = No
         raise UserError(f"cannot load pretrained weights for '{name}' ({type(exc).__name__}"
                         f"{', HF_HUB_OFFLINE is set' if offline else ''}); download them once on a machine with "
                         f"network into the Hugging Face cache, or pass --no-pretrained") from exc
-    model.adaptbench_pretrained = pretrained  # methods that build a second backbone (small_peft) follow it
+    model.adaptbench_pretrained = pretrained  # methods that build a second backbone (a smaller one) follow it
     return model
 
 

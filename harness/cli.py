@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Callable
 import click
 import torch
 
-from . import registry
+from . import presets, registry
 from .backbones import describe_backbones
 from .errors import UserError
-from .measure import MeasureConfig
-from .results import STATUS_OK, load_records, summary_table, write_csv
-from .runner import describe_plan, load_tasks, plan_runs, resolve_device, run_all
+from .vocabulary import NONE, named_levels
+from .measure import MeasureConfig, timing_presets
+from .plan import default_compression, describe_plan, load_tasks, plan_runs, resolve_device
+from .results import summary_table
+from .runner import inline_executor, isolated_executor, run_all
+from .store import STATUS_OK, RunStore
 
 if TYPE_CHECKING:
     from .report import SuiteReport
@@ -110,19 +113,23 @@ def _exit_with(code: Callable[[], int]) -> None:
 RUN_EPILOG = """\b
 Other commands:
   report [RUNS]...  leaderboard, Pareto plots and the Adverse Compression test of finished runs
-                    (python run.py report --help)"""
+                    (python run.py report --help)
+  migrate RUNS...   upgrade run files written by an older adaptbench (python run.py migrate --help)"""
+
+
+DEFAULTS = presets.load("defaults")
 
 
 @main.command("run", cls=RunCommand, context_settings=CONTEXT, epilog=RUN_EPILOG)
-@click.option("--methods", default="full_ft,lora", show_default=True,
+@click.option("--methods", default=",".join(DEFAULTS["methods"]), show_default=True,
               help="Comma-separated methods (see --list).")
-@click.option("--tasks", default="offline", show_default=True,
+@click.option("--tasks", default=",".join(DEFAULTS["tasks"]), show_default=True,
               help="Comma-separated tasks or task groups, e.g. offline, vtab, vtab-natural (see --list).")
 @click.option("--backbone", default=None, help="timm backbone name.  [default: each task's default]")
 @click.option("--compression", default=None,
-              help="Comma-separated levels for methods that compress: none, low, high, a factor such as 2.5x, or "
-                   "a bracketed per-block list such as [8,8,4,...]; other methods always run uncompressed.  "
-                   "[default: low,high]")
+              help=f"Comma-separated levels for methods that compress: {', '.join((NONE, *named_levels()))}, a "
+                   f"factor such as 2.5x, or a bracketed per-block list such as [8,8,4,...]; other methods always "
+                   f"run uncompressed.  [default: {','.join(default_compression())}]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs.  [default: the task's: 100 for VTAB-1k as in PYRA, fewer offline]")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
@@ -136,9 +143,10 @@ Other commands:
 @click.option("--bench-batch", default=None, callback=lambda ctx, param, value: _parse_ints(value, "--bench-batch"),
               help="Comma-separated batch sizes of the inference throughput sweep; the first gives the headline "
                    "figure, 1 adds batch-1 latency.  [default: 64; 512 with --bench-preset pyra]")
-@click.option("--bench-preset", type=click.Choice(["default", "pyra"]), default="default", show_default=True,
-              help="Timing protocol: default (warm-up of at least 3 iterations and 1 s, then 7 timed repeats of 2 "
-                   "iterations) or pyra (batch 512, fp32, 10 s warm-up, 10 s timed, as PYRA measured).")
+@click.option("--bench-preset", type=click.Choice(timing_presets()), default="default", show_default=True,
+              help="Timing protocol, a table of harness/presets/timing.toml: default (warm-up of at least 3 "
+                   "iterations and 1 s, then 7 timed repeats of 2 iterations) or pyra (batch 512, fp32, 10 s "
+                   "warm-up, 10 s timed, as PYRA measured).")
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None,
               help="Measure inference under autocast at this precision.  [default: fp32, as PYRA]")
 @click.option("--compile", "compile_model", is_flag=True, help="Measure inference of torch.compile(model).")
@@ -209,7 +217,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")
     task_data = load_tasks(task_names, data_root)
     overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size}
-    levels = None if compression is None else (_split(compression) or ["none"])
+    levels = None if compression is None else (_split(compression) or [NONE])
     configs = plan_runs(method_names, task_data, seeds=seeds, compressions=levels,
                         backbone=backbone, pretrained=pretrained, device=resolved_device,
                         train_overrides=overrides, measure=measure)
@@ -218,15 +226,45 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
         return 0
     click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s); "
                f"results -> {out}/")
-    records = run_all(configs, task_data, out, resolved_device, force=force, log=click.echo, isolate=isolate,
-                      plugins=[str(Path(source).resolve()) if source.endswith(".py") else source
-                               for source in plugin_sources], data_root=data_root)
-    csv_path = write_csv(out, load_records(out))
+    store = RunStore(out)
+    if isolate:
+        plugin_paths = [str(Path(source).resolve()) if source.endswith(".py") else source for source in plugin_sources]
+        executor = isolated_executor(task_data, store, resolved_device, plugin_paths, data_root)
+    else:
+        executor = inline_executor(task_data, store, resolved_device, click.echo)
+    records = run_all(configs, store, executor, force=force, log=click.echo)
+    csv_path = store.write_csv()
     click.echo("\n" + summary_table(records) + "\n")
     failed = sum(record["status"] != STATUS_OK for record in records)
     click.echo(f"{len(records) - failed} ok, {failed} failed in {time.perf_counter() - started:.0f}s. "
                f"Per-run files: {out}/*.json; all runs: {csv_path}")
     return 1 if failed else 0
+
+
+@main.command("migrate", context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--plugins", multiple=True, help="Plugin .py file or module whose tasks or methods the runs used.")
+@click.option("--data-root", type=click.Path(path_type=Path), envvar="ADAPTBENCH_DATA", default=None,
+              help="Folder holding the on-disk datasets the runs used (VTAB-1k); also $ADAPTBENCH_DATA.")
+def migrate(**options: object) -> None:
+    """Upgrade the run files in RUNS (folders) written before records described their own method and task, so
+    that `report` reads them. Files are replaced atomically; configs, keys and figures stay as they were.
+
+    Exit code: 0 every old file upgraded, 1 some could not be (each named with the reason), 2 bad input.
+    """
+    _exit_with(lambda: _migrate(**options))
+
+
+def _migrate(runs: tuple[Path, ...], plugins: tuple[str, ...], data_root: Path | None) -> int:
+    from .migrate import migrate as upgrade
+
+    registry.load_plugins([source for value in plugins for source in _split(value)])
+    result = upgrade(runs, data_root)
+    for problem in result.problems:
+        click.echo(f"not upgraded: {problem}", err=True)
+    click.echo(f"{len(result.upgraded)} run file(s) upgraded, {len(result.current)} already current, "
+               f"{len(result.problems)} not upgraded")
+    return 1 if result.problems else 0
 
 
 @main.command("report", context_settings=CONTEXT)
@@ -241,7 +279,8 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
 @click.option("--publish", is_flag=True,
               help="Copy each suite's leaderboard, Pareto plots and Adverse Compression table into "
                    "results/<suite>/ with provenance.json ($ADAPTBENCH_RESULTS replaces results/).")
-@click.option("--plugins", multiple=True, help="Plugin .py file or module whose tasks or methods the runs used.")
+@click.option("--plugins", multiple=True,
+              help="Ignored: run files describe their own tasks and methods (kept so old command lines still work)")
 def report(**options: object) -> None:
     """Leaderboard, Pareto plots and the Adverse Compression test of the finished runs in RUNS (folders of
     run files; default: runs).
@@ -256,7 +295,7 @@ def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], 
             publish: bool, plugins: tuple[str, ...]) -> int:
     from . import report as analysis  # pandas, scipy and matplotlib load only for the report
 
-    registry.load_plugins([source for value in plugins for source in _split(value)])
+    del plugins  # run files describe their own tasks and methods: no plugin is needed to report on them
     comparisons = [analysis.parse_compare(text) for text in compare]
     folders = list(runs) or [Path("runs")]
     frame, skipped = analysis.load_runs(folders)
@@ -285,7 +324,7 @@ def _print_suite(result: SuiteReport) -> None:
     click.echo(analysis.console_leaderboard(result.board))
     for warning in result.warnings:
         click.echo(f"note: {warning}")
-    tables = {"Adverse Compression (compressed - small_peft, accuracy points)": result.adverse,
+    tables = {"Adverse Compression (compressed - small-model baseline, accuracy points)": result.adverse,
               **{f"{stem} (A - B, accuracy points)": table for stem, table in result.comparisons.items()}}
     for title, table in tables.items():
         if not table.empty:

@@ -2,31 +2,46 @@
 
 ``low`` and ``high`` are the PYRA code's per-block merge schedules for ViT-B/16, ViT-L/16 and DeiT-B distilled.
 For any other backbone (e.g. the micro ViTs) they are derived to give the same GMACs reductions as ViT-B/16's
-presets (2.00x and 3.46x). ``<N>x`` finds a decreasing schedule that reaches N times fewer GMACs.
+presets (2.00x and 3.46x). Both, and the shape a derived schedule takes, are data:
+``harness/presets/merge_schedules.toml``. ``<N>x`` finds a decreasing schedule that reaches N times fewer GMACs.
 GMACs here are computed in closed form (:func:`schedule_gmacs`), which a test checks against the counter.
 """
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 from timm.models.vision_transformer import VisionTransformer
 
+from . import presets
 from .errors import UserError
+from .vocabulary import is_uncompressed, named_levels
 from .token_merging import effective_schedule
 
-VIT_B_LOW = [16] * 11 + [10]
-VIT_B_HIGH = [40, 34, 30, 24, 18, 14, 10, 8, 4, 4, 3, 3]
-# (depth, patch tokens, distillation token) -> presets, as in the PYRA code.
-PRESETS: dict[tuple[int, int, bool], dict[str, list[int]]] = {
-    (12, 196, False): {"low": VIT_B_LOW, "high": VIT_B_HIGH},
-    (24, 196, False): {"low": [8] * 23 + [6],
-                       "high": [20, 19, 18, 17, 15, 13, 13, 12, 10, 9, 8, 6, 6, 4, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1]},
-    (12, 196, True): {"low": [16] * 6 + [10] * 6, "high": VIT_B_HIGH},
-}
-# GMACs reductions of ViT-B/16's presets (17.58 -> 8.78 and -> 5.08): the targets for derived presets.
-TARGET_REDUCTION = {"low": 2.00, "high": 3.46}
+
+
+@dataclass(frozen=True)
+class ScheduleKey:
+    """What picks one of the original code's schedules: depth, patch tokens and a distillation token."""
+
+    depth: int
+    patch_tokens: int
+    distill_token: bool
+
+    @classmethod
+    def of(cls, model: VisionTransformer) -> "ScheduleKey":
+        return cls(len(model.blocks), model.patch_embed.num_patches, getattr(model, "dist_token", None) is not None)
+
+
+def _schedules() -> dict[ScheduleKey, dict[str, list[int]]]:
+    return {ScheduleKey(entry["depth"], entry["patch_tokens"], entry["distill_token"]):
+            {level: entry[level] for level in named_levels()} for entry in presets.load("merge_schedules")["schedules"]}
+
+
+def _level(name: str) -> dict:
+    return presets.load("merge_schedules")["levels"][name]
 
 
 def schedule_gmacs(model: VisionTransformer, schedule: list[int] | None = None) -> float:
@@ -54,8 +69,11 @@ def schedule_gmacs(model: VisionTransformer, schedule: list[int] | None = None) 
 
 
 def _shape_weights(depth: int) -> np.ndarray:
-    """ViT-B/16's high schedule as a decreasing profile over relative depth, resampled to ``depth`` blocks."""
-    profile = np.asarray(VIT_B_HIGH, dtype=float)
+    """The ``decreasing_profile`` schedule (ViT-B/16's high) over relative depth, resampled to ``depth`` blocks."""
+    data = presets.load("merge_schedules")
+    source = data["decreasing_profile"]
+    entry = next(entry for entry in data["schedules"] if entry["backbone"] == source["backbone"])
+    profile = np.asarray(entry[source["level"]], dtype=float)
     return np.interp(np.linspace(0, 1, depth), np.linspace(0, 1, len(profile)), profile) / profile[0]
 
 
@@ -87,19 +105,22 @@ def constant_schedule(model: VisionTransformer, reduction: float) -> list[int]:
     return _closest(model, candidates, reduction)
 
 
+_SHAPES = {"constant": constant_schedule, "decreasing": decreasing_schedule}
+
+
 def resolve_schedule(model: VisionTransformer, compression: object) -> list[int]:
     """Per-block merge counts for a compression level (see module docstring); ``None``/``none`` merges nothing."""
     depth = len(model.blocks)
-    if compression is None or compression == "none":
+    if is_uncompressed(compression):
         return [0] * depth
     if isinstance(compression, (list, tuple)):
         schedule = [int(r) for r in compression]
-    elif isinstance(compression, str) and compression in TARGET_REDUCTION:
-        key = (depth, model.patch_embed.num_patches, getattr(model, "dist_token", None) is not None)
-        if key in PRESETS:
-            return list(PRESETS[key][compression])
-        builder = constant_schedule if compression == "low" else decreasing_schedule
-        return builder(model, TARGET_REDUCTION[compression])
+    elif isinstance(compression, str) and compression in named_levels():
+        original = _schedules().get(ScheduleKey.of(model))
+        if original is not None:
+            return list(original[compression])
+        level = _level(compression)
+        return _SHAPES[level["shape"]](model, level["target_reduction"])
     elif isinstance(compression, str) and re.fullmatch(r"\d+(\.\d+)?x", compression):
         factor = float(compression[:-1])
         if factor < 1:
@@ -108,8 +129,8 @@ def resolve_schedule(model: VisionTransformer, compression: object) -> list[int]
     elif isinstance(compression, str) and re.fullmatch(r"\[?\s*\d+(\s*,\s*\d+)*\s*\]?", compression):
         schedule = [int(r) for r in re.findall(r"\d+", compression)]
     else:
-        raise UserError(f"unknown compression '{compression}'; use none, low, high, a per-block list such as "
-                        f"'16,16,...' or a factor such as 2.5x")
+        raise UserError(f"unknown compression '{compression}'; use none, {', '.join(named_levels())}, a per-block "
+                        f"list such as '[16,16,...]' (one r per block) or a factor such as 2.5x")
     if len(schedule) != depth:
         raise UserError(f"compression list has {len(schedule)} entries but the backbone has {depth} blocks; "
                         f"give one r per block")

@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from .vocabulary import is_uncompressed
 from .measure import MeasureConfig
 from .train import TrainConfig
 
@@ -39,11 +40,11 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        level = "" if self.compression == "none" else f"@{self.compression}"
+        level = "" if is_uncompressed(self.compression) else f"@{self.compression}"
         return f"{self.method}{level} / {self.task} / {self.backbone} / seed {self.seed}"
 
     @property
     def file_stem(self) -> str:
         level = self.compression if re.fullmatch(r"[\w.]+", self.compression) else "custom"
-        method = self.method if level == "none" else f"{self.method}-{level}"
+        method = self.method if is_uncompressed(level) else f"{self.method}-{level}"
         return f"{method}-{self.task}-s{self.seed}-{self.key}"

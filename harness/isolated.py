@@ -1,4 +1,4 @@
-"""Child process of ``--isolate``: ``python -m harness.isolated CONFIG_JSON OUT_DIR DATA_ROOT [PLUGIN ...]``."""
+"""Child process of ``--isolate``: ``python -m harness.isolated CONFIG_JSON OUT_DIR DEVICE DATA_ROOT [PLUGIN ...]``."""
 from __future__ import annotations
 
 import json
@@ -7,16 +7,19 @@ from pathlib import Path
 
 from . import registry
 from .config import RunConfig
-from .runner import execute, load_tasks, resolve_device
+from .plan import load_tasks, resolve_device
+from .runner import execute
+from .store import STATUS_OK, RunStore
 
 
 def main(argv: list[str]) -> int:
-    config_json, out_dir, data_root, *plugins = argv
+    config_json, out_dir, device, data_root, *plugins = argv
     registry.load_plugins(plugins)
     config = RunConfig.from_dict(json.loads(config_json))
     task = load_tasks([config.task], Path(data_root) if data_root else None)[config.task]
-    record = execute(config, task, Path(out_dir), resolve_device(config.device), lambda line: print(line, flush=True))
-    return 0 if record["status"] == "ok" else 1
+    record = execute(config, task, RunStore(Path(out_dir)), resolve_device(device),
+                     lambda line: print(line, flush=True))
+    return 0 if record["status"] == STATUS_OK else 1
 
 
 if __name__ == "__main__":

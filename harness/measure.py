@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import presets
+
 MIB = 2 ** 20
 # glibc mallopt() parameters; 32 MiB is the largest mmap threshold glibc accepts on 64-bit machines.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -76,7 +78,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """How inference is timed. Presets: ``default`` (quick, counts) and ``pyra`` (PYRA's protocol)."""
+    """How inference is timed. Presets are the tables of ``harness/presets/timing.toml`` (:meth:`preset`)."""
 
     batches: tuple[int, ...] = (64,)
     precision: str = "fp32"
@@ -94,11 +96,15 @@ class MeasureConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "MeasureConfig":
-        """``pyra``: batch 512, fp32, 10 s of warm-up then 10 s timed, one iteration per timed repeat."""
-        presets = {"default": {}, "pyra": dict(batches=(512,), precision="fp32", warmup_iters=1,
-                                                warmup_seconds=10.0, repeats=1, iters_per_repeat=1,
-                                                timed_seconds=10.0)}
-        return cls(**{**presets[name], **{k: v for k, v in overrides.items() if v is not None}})
+        """The preset ``name`` of ``timing.toml`` with the ``overrides`` that are not None on top."""
+        fields = {key: tuple(value) if isinstance(value, list) else value
+                  for key, value in presets.load("timing")[name].items()}
+        return cls(**{**fields, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def timing_presets() -> list[str]:
+    """The names ``--bench-preset`` accepts."""
+    return list(presets.load("timing"))
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,15 @@ def inference_throughput(model: nn.Module, image_size: int, device: torch.device
             del images
             torch.cuda.empty_cache()
             batch_size //= 2
+
+
+def deployed_throughput(model: nn.Module, image_size: int, device: torch.device, settings: MeasureConfig,
+                        batch_size: int | None = None) -> Throughput:
+    """Throughput as a run measures its model: compiled when ``settings.compile`` says so, at ``batch_size``
+    (default: the headline batch, ``settings.batches[0]``), in ``settings.precision``."""
+    measured = torch.compile(model) if settings.compile else model
+    return inference_throughput(measured, image_size, device, batch_size=batch_size or settings.batches[0],
+                                settings=settings)
 
 
 @contextlib.contextmanager

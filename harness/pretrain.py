@@ -30,17 +30,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
+import itertools
 import math
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
@@ -48,8 +47,9 @@ from torch import nn
 from .backbones import PRETRAIN_CLASSES, WEIGHTS_DIR, create_backbone
 from .data import Normalize
 from .measure import count_parameters
-from .results import cpu_model, write_json_atomic
-from .train import TrainConfig, build_optimizer, learning_rate
+from .results import cpu_model
+from .store import write_json_atomic
+from .train import Schedule, TrainConfig, Trainer, build_optimizer, train_epoch
 
 SIZE = 32
 PROBE_FILE = "probe.npz"
@@ -271,48 +271,51 @@ def probe_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> 
     return 100.0 * float((predictions == labels).mean())
 
 
+def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                   generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of full batches in a fresh permutation drawn from ``generator`` (the remainder is left out)."""
+    order = torch.randperm(len(labels), generator=generator)
+    for index in range(len(labels) // batch_size):
+        batch = order[index * batch_size:(index + 1) * batch_size]
+        yield images[batch], labels[batch]
+
+
 def pretrain(backbone: str, recipe: PretrainRecipe, corpus: dict[str, np.ndarray], *, max_steps: int | None = None,
              device: torch.device = torch.device("cpu"), log=print) -> tuple[nn.Module, dict]:
-    """Train ``backbone`` from scratch on the corpus; returns the model and its record (losses, accuracy, time)."""
+    """Train ``backbone`` from scratch on the corpus; returns the model and its record (losses, accuracy, time).
+
+    The steps are the runs' own (:class:`~harness.train.Trainer` and :func:`~harness.train.train_epoch`), with
+    the warm-up in steps; ``max_steps`` stops early without changing the schedule, so a short run is the start of
+    the full one.
+    """
     torch.manual_seed(recipe.seed)
     model = create_backbone(backbone, recipe.classes, pretrained=False, drop_path_rate=recipe.drop_path)
     if recipe.mimetic_init:
         mimetic_init_(model, torch.Generator().manual_seed(recipe.seed))
     model.to(device)
-    config = TrainConfig(epochs=recipe.epochs, warmup_epochs=0, lr=recipe.lr, weight_decay=recipe.weight_decay,
+    config = TrainConfig(epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
                          batch_size=recipe.batch_size, min_lr=1e-5)
-    optimizer = build_optimizer(model, config)
     normalize = Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, device)
+    trainer = Trainer(model, build_optimizer(model, config), normalize, recipe.label_smoothing)
     images, labels = torch.from_numpy(corpus["images"]), torch.from_numpy(corpus["labels"])
     steps_per_epoch = len(labels) // recipe.batch_size
-    total = recipe.epochs * steps_per_epoch
+    schedule = Schedule(config, steps_per_epoch, warmup_steps=recipe.warmup_steps)
+    total_steps = recipe.epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
     generator = torch.Generator().manual_seed(recipe.seed)
-    losses, step, started = [], 0, time.perf_counter()
+    losses: list[torch.Tensor] = []  # on device, read once at the end: no sync per step
+    started = time.perf_counter()
     model.train()
-    for epoch in range(recipe.epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        epoch_loss = torch.zeros(())
-        for index in range(steps_per_epoch):
-            batch = order[index * recipe.batch_size:(index + 1) * recipe.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total, recipe.warmup_steps, config)
-            loss = F.cross_entropy(model(normalize(images[batch])), labels[batch].to(device),
-                                   label_smoothing=recipe.label_smoothing)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            epoch_loss += loss.detach().cpu()
-            losses.append(round(float(loss.detach()), 6))
-            step += 1
-            if max_steps is not None and step >= max_steps:
-                break
-        log(f"  {backbone} epoch {epoch + 1}/{recipe.epochs}: loss {float(epoch_loss) / (index + 1):.4f} "
+    for epoch in range(math.ceil(total_steps / steps_per_epoch)):
+        steps = min(steps_per_epoch, total_steps - len(losses))
+        batches = itertools.islice(_epoch_batches(images, labels, recipe.batch_size, generator), steps)
+        loss_sum, _ = train_epoch(trainer, batches, schedule, len(losses), on_step=losses.append)
+        log(f"  {backbone} epoch {epoch + 1}/{recipe.epochs}: loss {float(loss_sum) / steps:.4f} "
             f"({time.perf_counter() - started:.0f}s)")
-        if max_steps is not None and step >= max_steps:
-            break
     record = {
-        "backbone": backbone, "recipe": dataclasses.asdict(recipe), "classes": recipe.classes, "steps": step,
-        "losses": losses, "wall_seconds": time.perf_counter() - started,
+        "backbone": backbone, "recipe": dataclasses.asdict(recipe), "classes": recipe.classes, "steps": len(losses),
+        "losses": [round(float(loss), 6) for loss in losses], "wall_seconds": time.perf_counter() - started,
         "probe_accuracy": probe_accuracy(model, corpus["probe_images"], corpus["probe_labels"]),
         "parameters": count_parameters(model)[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {cpu_model()}", "device": str(device),

@@ -19,22 +19,40 @@ from types import ModuleType
 from typing import Callable, Iterable, Sequence
 
 from .errors import UserError
+from .vocabulary import ROLES, group_rank
 
 ENTRY_POINT_GROUP = "adaptbench.plugins"
-VTAB_GROUPS = ("natural", "specialized", "structured")
+# What the runner can hand a method while it adapts, by keyword, when the method asks for it at registration:
+RUN_CONTEXT = {
+    "train_data": "the task's training images, a re-iterable of normalised batches (e.g. for a rate search)",
+    "measure": "the run's timing settings, a harness.measure.MeasureConfig (e.g. to time candidate models)",
+}
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_PLUGIN_DIRS = (_REPO_ROOT / "methods", _REPO_ROOT / "tasks")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered adaptation method: ``fn(model, compression, **options)`` patches a timm ViT in place."""
+    """A registered adaptation method: ``fn(model, compression, **options)`` patches a timm ViT in place.
+
+    ``role`` (one of :data:`harness.vocabulary.ROLES`, or None) and ``order`` (display order in tables and plots,
+    which also fixes a method's plot style) travel in every run record as ``method_info``, so the report
+    needs no registry. ``context`` names what the runner hands the method besides the model (see
+    :data:`RUN_CONTEXT`).
+    """
 
     name: str
     fn: Callable
     description: str
     compresses: bool
     source: str
+    role: str | None = None
+    order: int | None = None
+    context: tuple[str, ...] = ()
+
+    def info(self) -> dict:
+        """What a run record says of its method."""
+        return {"compresses": self.compresses, "role": self.role, "order": self.order}
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,7 @@ class TaskSpec:
     fn: Callable
     description: str
     suite: str
-    group: str
+    group: str | None
     source: str
     selectors: tuple[str, ...] = field(default=())
 
@@ -67,34 +85,45 @@ def _check_free(registry: dict, kind: str, name: str, fn: Callable) -> None:
                         f"rename one of them")
 
 
-def register_method(name: str, *, compresses: bool = False, description: str | None = None) -> Callable:
+def register_method(name: str, *, compresses: bool = False, role: str | None = None, order: int | None = None,
+                    context: Sequence[str] = (), description: str | None = None) -> Callable:
     """Decorator: register ``fn(model, compression=None, **options) -> nn.Module`` as method ``name``.
 
     ``compresses`` says whether the method accepts a compression level; methods that do not reject one.
-    The description shown by ``--list`` defaults to the first line of the function's docstring.
+    ``role`` says what the method is for in the analysis (:data:`harness.vocabulary.ROLES`: the speed-up
+    ``"reference"``, the ``"small-model baseline"`` of the Adverse Compression test); ``order`` places it in
+    tables and plots (methods without one follow, by name). ``context`` lists the run context the method is
+    handed as keyword arguments (:data:`RUN_CONTEXT`). The description shown by ``--list`` defaults to the first
+    line of the function's docstring.
     """
+    if role is not None and role not in ROLES:
+        raise ValueError(f"method role must be one of {', '.join(map(repr, ROLES))} or None, not {role!r}")
+    unknown = [item for item in context if item not in RUN_CONTEXT]
+    if unknown:
+        raise ValueError(f"unknown run context {', '.join(unknown)}; a method may ask for {', '.join(RUN_CONTEXT)}")
 
     def decorate(fn: Callable) -> Callable:
         _check_free(_METHODS, "method", name, fn)
-        _METHODS[name] = MethodSpec(name, fn, description or _first_doc_line(fn), compresses, fn.__module__)
+        _METHODS[name] = MethodSpec(name, fn, description or _first_doc_line(fn), compresses, fn.__module__,
+                                    role, order, tuple(context))
         return fn
 
     return decorate
 
 
-def register_task(name: str, *, suite: str, group: str, description: str | None = None) -> Callable:
+def register_task(name: str, *, suite: str, group: str | None = None, description: str | None = None) -> Callable:
     """Decorator: register ``fn(data_root: Path | None) -> TaskData`` as task ``name``.
 
-    ``suite`` (e.g. ``offline``, ``vtab``) and ``group`` (one of natural / specialized / structured, the VTAB
-    groups) make the task selectable as ``--tasks SUITE`` and ``--tasks SUITE-GROUP`` too.
+    ``suite`` (e.g. ``offline``, ``vtab``) makes the task selectable as ``--tasks SUITE``; ``group`` (free-form;
+    VTAB's are natural, specialized and structured) as ``--tasks SUITE-GROUP`` too, and the report averages
+    each group's tasks.
     """
-    if group not in VTAB_GROUPS:
-        raise ValueError(f"task group must be one of {VTAB_GROUPS}, not {group!r}")
 
     def decorate(fn: Callable) -> Callable:
         _check_free(_TASKS, "task", name, fn)
+        selectors = (suite,) if group is None else (suite, f"{suite}-{group}")
         _TASKS[name] = TaskSpec(name, fn, description or _first_doc_line(fn), suite, group, fn.__module__,
-                                selectors=(suite, f"{suite}-{group}"))
+                                selectors=selectors)
         return fn
 
     return decorate
@@ -114,7 +143,7 @@ def task_selectors() -> dict[str, list[str]]:
     """Names that select several tasks at once (suites and suite-group pairs) and the tasks they select."""
     selected: dict[str, list[str]] = {}
     load_plugins()
-    by_group = sorted(_TASKS.values(), key=lambda spec: VTAB_GROUPS.index(spec.group))  # stable: keeps load order
+    by_group = sorted(_TASKS.values(), key=lambda spec: group_rank(spec.group))  # stable: keeps load order
     for spec in by_group:
         for selector in spec.selectors:
             selected.setdefault(selector, []).append(spec.name)

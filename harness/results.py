@@ -1,26 +1,22 @@
-"""Tidy results: one JSON file per run, written atomically, and an aggregate CSV with one flat row per run."""
+"""What a run record says beyond its config: the environment it ran in, and its flat (tidy) row.
+
+Where records live and how they are written is :mod:`harness.store`'s business.
+"""
 from __future__ import annotations
 
 import datetime
 import hashlib
-import json
-import os
 import platform
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
-import pandas as pd
 import timm
 import torch
 
-from .measure import steady_host_allocator
 from .registry import _REPO_ROOT
 
-RESULTS_CSV = "results.csv"
-STATUS_RUNNING, STATUS_OK, STATUS_FAILED = "running", "ok", "failed"
 # Columns shown in the end-of-run table, in order; the CSV has every column.
 TABLE_COLUMNS = {
     "method": "method", "compression": "compr.", "task": "task", "backbone": "backbone", "seed": "seed",
@@ -28,21 +24,6 @@ TABLE_COLUMNS = {
     "infer_img_per_s": "infer img/s", "train_img_per_s": "train img/s", "gmacs": "GMACs",
     "tunable_params": "tunable", "train_peak_mem_mb": "train MiB", "reason": "reason",
 }
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _git(*args: str) -> str | None:
@@ -69,67 +50,44 @@ def git_state() -> dict:
     return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
-def environment(device: torch.device) -> dict:
-    """Everything about the machine and software that can change a measurement."""
+def environment(device: torch.device, cpu_allocator: str) -> dict:
+    """Everything about the machine and software that can change a measurement; ``cpu_allocator`` is what
+    :func:`harness.measure.steady_host_allocator` set when the run started."""
     git = git_state()
     cuda = device.type == "cuda"
     return {
         "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "device": device.type,
+        "device": str(device),  # with its index: cuda:1 is not cuda:0
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model(),
         "device_count": torch.cuda.device_count() if cuda else 1,
         "cpu_model": cpu_model(), "cpu_threads": torch.get_num_threads(),
-        "cpu_allocator": steady_host_allocator(),  # applied here too, so the whole run has it
+        "cpu_allocator": cpu_allocator,
         "git_commit": git["commit"], "git_dirty": git["dirty"],
         "host_hash": hashlib.sha1(socket.gethostname().encode()).hexdigest()[:10],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def run_files(out_dir: Path) -> list[Path]:
-    return sorted(out_dir.glob("*.json"))
-
-
 def flatten(record: dict) -> dict:
-    """One flat row: config fields, train (``train_``) and measurement (``measure_``) settings, scalar metrics
-    and environment (``env_``)."""
+    """One flat row: config fields, train (``train_``) and measurement (``measure_``) settings, what the run
+    recorded of its method (``method_compresses``, ``method_role``, ``method_order``) and task (``suite``,
+    ``group``, ``num_classes``, ``<split>_size``), scalar metrics and environment (``env_``)."""
     config = dict(record["config"])
     row = {key: value for key, value in config.items() if not isinstance(value, dict)}
     for section in ("train", "measure"):
         row.update({f"{section}_{key}": ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
                     for key, value in config.get(section, {}).items()})
+    row.update({f"method_{key}": value for key, value in record.get("method_info", {}).items()})
+    task_info = dict(record.get("task_info", {}))
+    row.update({f"{split}_size": size for split, size in task_info.pop("split_sizes", {}).items()})
+    row.update(task_info)
     row.update({"key": record["key"], "status": record["status"], "reason": record.get("reason")})
     row.update({key: value for key, value in record.get("metrics", {}).items()
                 if not isinstance(value, (list, dict))})  # curves stay in the JSON file
     row.update({f"env_{key}": value for key, value in record.get("environment", {}).items()})
     return row
-
-
-def load_records(out_dir: Path) -> list[dict]:
-    records = []
-    for path in run_files(out_dir):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue  # a foreign or damaged file never blocks the aggregate; `report` lists such files
-    return records
-
-
-def write_csv(out_dir: Path, records: Iterable[dict]) -> Path:
-    """The aggregate CSV (one row per run), replaced atomically."""
-    frame = pd.DataFrame([flatten(record) for record in records])
-    path = out_dir / RESULTS_CSV
-    descriptor, temporary = tempfile.mkstemp(dir=out_dir, prefix=f".{RESULTS_CSV}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        frame.to_csv(temporary, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def summary_table(records: Iterable[dict]) -> str:

@@ -102,16 +102,30 @@ class TokenMergingState:
         self.size: Optional[torch.Tensor] = None
 
 
+def proportional_qkv(attn: Attention, x: torch.Tensor, size: Optional[torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Queries, keys and values (batch, heads, tokens, head_dim) of timm's ``attn`` on ``x``, normalised as timm
+    normalises them, and the proportional-attention bias ``log(size)`` (batch, 1, 1, tokens) to add to the logits
+    (``None`` without sizes: every token counts once).
+
+    The patched attentions of ToMe and DiffRate share this and differ only in what they do with it; the bias is
+    shaped as an additive mask, so it goes to the fused ``scaled_dot_product_attention`` as it is.
+    """
+    batch, tokens, _ = x.shape
+    qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    bias = None if size is None else size.log()[:, None, None, :, 0].to(q.dtype)
+    return q, k, v, bias
+
+
 class TokenMergingAttention(Attention):
     """timm's Attention plus proportional attention; also returns the head-averaged keys as matching metric."""
 
     def forward(self, x: torch.Tensor, size: Optional[torch.Tensor] = None,
                 **unused) -> tuple[torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        bias = None if size is None else size.log()[:, None, None, :, 0].to(q.dtype)
+        q, k, v, bias = proportional_qkv(self, x, size)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, tokens, -1)

@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 
 from .data import Normalize
 from .errors import RunFailed
-from .measure import steady_host_allocator
 
 
 @dataclass(frozen=True)
@@ -59,13 +58,13 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, config: TrainC
 
 
 class Trainer:
-    """Owns the training step; the same ``train_step`` serves the run, the memory probe and the benchmarks."""
+    """Owns the training step; the same ``train_step`` serves the run, the memory probe, pretraining and the
+    benchmarks."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, normalize: Normalize,
                  label_smoothing: float = 0.0) -> None:
         self.model, self.optimizer, self.normalize = model, optimizer, normalize
         self.label_smoothing = label_smoothing
-        steady_host_allocator()  # training images/s are timed too
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one uint8 batch; returns the (detached) loss without syncing."""
@@ -106,25 +105,37 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Per-step learning rates for a whole run: ``lr(step)``."""
+    """Per-step learning rates for a whole run: ``lr(step)``.
+
+    The warm-up lasts ``config.warmup_epochs`` epochs unless ``warmup_steps`` is given: pretraining has a few long
+    epochs and counts its warm-up in steps.
+    """
 
     config: TrainConfig
     steps_per_epoch: int
+    warmup_steps: int | None = None
 
     def lr(self, step: int) -> float:
-        return learning_rate(step, self.config.epochs * self.steps_per_epoch,
-                             self.config.warmup_epochs * self.steps_per_epoch, self.config)
+        warmup = self.config.warmup_epochs * self.steps_per_epoch if self.warmup_steps is None else self.warmup_steps
+        return learning_rate(step, self.config.epochs * self.steps_per_epoch, warmup, self.config)
 
 
-def train_epoch(trainer: Trainer, loader: Iterable, schedule: Schedule, first_step: int) -> tuple[torch.Tensor, int]:
-    """One pass over ``loader`` with the scheduled learning rate; returns (summed loss on device, images seen)."""
+def train_epoch(trainer: Trainer, loader: Iterable, schedule: Schedule, first_step: int,
+                on_step: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, int]:
+    """One pass over ``loader`` with the scheduled learning rate; returns (summed loss on device, images seen).
+
+    ``on_step`` receives each step's loss (detached, on device: keeping it does not sync), for a per-step curve.
+    """
     loss_sum = torch.zeros((), device=trainer.normalize.device)
     images_seen = 0
     for step, (images, labels) in enumerate(loader, first_step):
         lr = schedule.lr(step)
         for group in trainer.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        loss_sum += trainer.train_step(images, labels)
+        loss = trainer.train_step(images, labels)
+        if on_step is not None:
+            on_step(loss)
+        loss_sum += loss
         images_seen += len(labels)
     return loss_sum, images_seen
 
@@ -137,7 +148,6 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
     """
     steps_per_epoch = len(train_loader)
     schedule = Schedule(config, steps_per_epoch)
-    device = trainer.normalize.device
     trainer.model.train()
     train_seconds, train_images = 0.0, 0
     accuracies: list[float] = []

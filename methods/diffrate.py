@@ -33,7 +33,7 @@ from torch import nn
 
 import harness
 from harness.compression import resolve_schedule, schedule_gmacs
-from harness.token_merging import effective_schedule
+from harness.token_merging import effective_schedule, proportional_qkv
 
 
 def ste_ceil(value: torch.Tensor) -> torch.Tensor:
@@ -79,10 +79,7 @@ class DiffRateAttention(Attention):
     def forward(self, x: torch.Tensor, size: Optional[torch.Tensor] = None,
                 mask: Optional[torch.Tensor] = None, **unused) -> tuple[torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        bias = None if size is None else size.log()[:, None, None, :, 0].to(q.dtype)
+        q, k, v, bias = proportional_qkv(self, x, size)
         if mask is None:  # fixed rates: fused attention, plus the class token's row for the importance
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                                  dropout_p=self.attn_drop.p if self.training else 0.0)
@@ -309,7 +306,7 @@ def _fit_to_target(model: VisionTransformer, target_gmacs: float, tolerance: flo
     set_kept(model, prune, merge)
 
 
-@harness.register_method("diffrate", compresses=True)
+@harness.register_method("diffrate", compresses=True, order=4, context=("train_data",))
 def diffrate(model: nn.Module, compression: object = None, rank: int | None = None, dropout: float = 0.1,
              train_data: Optional[Iterable[torch.Tensor]] = None, search_steps: int = 60,
              search_lr: float = 0.1) -> nn.Module:

@@ -54,7 +54,7 @@ def add_lora_to_qkv(model: nn.Module, rank: int | None = None, dropout: float = 
     return model
 
 
-@harness.register_method("lora")
+@harness.register_method("lora", role="reference", order=1)  # merged, it is the plain deployed ViT
 def lora(model: nn.Module, compression: object = None, rank: int | None = None, dropout: float = 0.1) -> nn.Module:
     """LoRA on every block's fused qkv (PYRA recipe: scale 1, dropout 0.1, rank by width); LoRA + head train."""
     return add_lora_to_qkv(model, rank, dropout)

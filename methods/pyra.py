@@ -40,7 +40,7 @@ class PyraModulator(nn.Module):
         return src + src * channel_weight * token_weight
 
 
-@harness.register_method("pyra", compresses=True)
+@harness.register_method("pyra", compresses=True, order=3)
 def pyra(model: nn.Module, compression: object = None, rank: int | None = None, dropout: float = 0.1,
          lr_scale: float = 1.0) -> nn.Module:
     """PYRA: ToMe + LoRA with token modulation before each merge; lr_scale sets PYRA's own learning rate."""

@@ -3,7 +3,9 @@
 Uncompressed (``none``) it takes the next smaller backbone (ViT-S for ViT-B, ViT-B for ViT-L, the small micro
 ViT for the big one). With a compression level it measures, on the model's device, the inference throughput of
 the big model compressed by ``tome`` at that level and of every smaller backbone of the family, picks the
-smaller backbone whose throughput is closest, and records the matched throughput ratio in the result row.
+smaller backbone whose throughput is closest, and records the matched throughput ratio in the result row. The
+throughputs are timed under the run's own timing settings (batch, precision, compile, repeats), so the match
+holds for the figures the report compares.
 """
 from __future__ import annotations
 
@@ -14,25 +16,22 @@ from timm.layers import DropPath
 from torch import nn
 
 import harness
-from harness.backbones import KNOWN_BACKBONES, create_backbone
+from harness.backbones import KNOWN_BACKBONES, create_backbone, known_backbone, smaller_in_family
 from harness.compression import resolve_schedule
-from harness.measure import MeasureConfig, inference_throughput
+from harness.measure import MeasureConfig, deployed_throughput
 
 
 def smaller_backbones(model: nn.Module) -> list[str]:
     """Known backbones of the model's family that are smaller than it, largest first."""
-    cfg = model.pretrained_cfg  # every timm model has one
-    name = cfg.get("architecture", "")
-    tagged = f"{name}.{cfg['tag']}" if cfg.get("tag") else name
-    info = KNOWN_BACKBONES.get(tagged) or next((i for n, i in KNOWN_BACKBONES.items() if n.split(".")[0] == name),
-                                               None)
+    info = known_backbone(model)
     if info is None:
-        raise harness.UserError(f"small_peft needs a backbone from a known family ({', '.join(KNOWN_BACKBONES)}), "
-                                f"not '{tagged}'")
-    candidates = [i for i in KNOWN_BACKBONES.values() if i.family == info.family and i.size_rank < info.size_rank]
+        raise harness.UserError(f"small_peft needs a backbone from a known family ({', '.join(KNOWN_BACKBONES)}; "
+                                f"harness/presets/backbones.toml), not '{model.pretrained_cfg.get('architecture')}'")
+    candidates = smaller_in_family(info)
     if not candidates:
-        raise harness.UserError(f"'{tagged}' is the smallest backbone of its family; small_peft has nothing smaller")
-    return [i.name for i in sorted(candidates, key=lambda i: -i.size_rank)]
+        raise harness.UserError(f"'{info.name}' is the smallest backbone of its family; small_peft has nothing "
+                                f"smaller (add one to harness/presets/backbones.toml)")
+    return [candidate.name for candidate in candidates]
 
 
 def _like(model: nn.Module, name: str) -> nn.Module:
@@ -46,17 +45,17 @@ def _like(model: nn.Module, name: str) -> nn.Module:
     return small.to(device)
 
 
-def _throughput(model: nn.Module, batch: int) -> float:
+def _throughput(model: nn.Module, settings: MeasureConfig) -> float:
+    """The deployed model's headline throughput, timed as the run will time the model it compares with."""
     deployed = harness.merge_for_inference(copy.deepcopy(model)).eval()
     device = next(deployed.parameters()).device
-    quick = MeasureConfig(warmup_iters=2, repeats=5, iters_per_repeat=1)
-    return inference_throughput(deployed, deployed.patch_embed.img_size[0], device, batch_size=batch,
-                                settings=quick).median
+    return deployed_throughput(deployed, deployed.patch_embed.img_size[0], device, settings).median
 
 
-@harness.register_method("small_peft", compresses=True)
+@harness.register_method("small_peft", compresses=True, role="small-model baseline", order=5,
+                         context=("measure",))
 def small_peft(model: nn.Module, compression: object = None, rank: int | None = None, dropout: float = 0.1,
-               bench_batch: int = 64) -> nn.Module:
+               measure: MeasureConfig = MeasureConfig()) -> nn.Module:
     """LoRA on a smaller backbone: the next smaller one, or the one matching the compressed model's speed."""
     candidates = smaller_backbones(model)
     if next(model.parameters()).is_meta:  # the runner's planning pass: check the level, load and time nothing
@@ -70,8 +69,8 @@ def small_peft(model: nn.Module, compression: object = None, rank: int | None = 
         # The timing models draw random weights and inputs; the chosen model must start as the seed alone says.
         cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
-            target = _throughput(harness.adapt(copy.deepcopy(model), "tome", compression), bench_batch)
-            timed = {name: _throughput(_like(model, name), bench_batch) for name in candidates}
+            target = _throughput(harness.adapt(copy.deepcopy(model), "tome", compression), measure)
+            timed = {name: _throughput(_like(model, name), measure) for name in candidates}
         best = min(timed, key=lambda name: abs(timed[name] / target - 1))
         chosen = _like(model, best)
         info.update(matched_throughput_ratio=timed[best] / target, compressed_reference_img_per_s=target)

@@ -10,7 +10,7 @@ from harness.compression import resolve_schedule
 from harness.token_merging import patch_token_merging
 
 
-@harness.register_method("tome", compresses=True)
+@harness.register_method("tome", compresses=True, order=2)
 def tome(model: nn.Module, compression: object = None, rank: int | None = None, dropout: float = 0.1,
          proportional_attention: bool = True) -> nn.Module:
     """ToMe + LoRA: bipartite token merging in every block (r per block from --compression) on a LoRA model."""

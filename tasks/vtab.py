@@ -7,7 +7,6 @@ crop, no augmentation), as in PYRA's scripts. Nothing is downloaded: point ``--d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import harness
 from harness.data import ImageListDataset, TaskData

@@ -64,18 +64,34 @@ def tiny_vit(**kwargs):
 
 def run_record(method: str = "lora", task: str = "count", seed: int = 0, acc: float = 50.0,
                compression: str = "none", *, backbone: str = "vit_micro_base_patch4_32", device_name: str = "CPU A",
-               status: str = "ok", **metrics) -> dict:
-    """A minimal valid run record, shaped as the runner writes it, with round numbers to check by hand."""
+               status: str = "ok", role=..., order=..., suite: str = "offline", group=..., **metrics) -> dict:
+    """A minimal valid run record (schema 2), shaped as the runner writes it, with round numbers to check by hand.
+
+    ``method_info`` has the built-in methods' compresses flag, role and order (another name: compressing when
+    run at a level, no role, no order); ``task_info`` the offline tasks' groups (another task: no group).
+    ``role``, ``order`` and ``group`` override them (None included); ``suite`` names the task's suite.
+    """
     import hashlib
     import json
 
+    from harness.vocabulary import REFERENCE, SMALL_MODEL_BASELINE
+
+    builtin = {"full_ft": (False, None, 0), "lora": (False, REFERENCE, 1), "tome": (True, None, 2),
+               "pyra": (True, None, 3), "diffrate": (True, None, 4), "small_peft": (True, SMALL_MODEL_BASELINE, 5)}
+    offline_groups = {"digits": "natural", "photos": "natural", "cells": "specialized", "count": "structured",
+                      "orientation": "structured"}
+    compresses, builtin_role, builtin_order = builtin.get(method, (compression != "none", None, None))
     config = {"method": method, "task": task, "backbone": backbone, "seed": seed, "compression": compression,
               "pretrained": True, "device": "cpu", "train": {"epochs": 3, "lr": 0.001}, "measure": {"batches": [64]}}
     key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     values = {"test_acc_best": acc, "test_acc_last": acc, "infer_img_per_s": 1000.0, "gmacs": 0.1,
               "tunable_params": 10_000, "tunable_pct": 1.0, "total_params": 1_000_000, "train_peak_mem_mb": 100.0,
               "curve": [{"epoch": 1, "test_acc": acc}], **metrics}
-    record = {"key": key, "config": config, "status": status, "wall_seconds": 1.0,
+    record = {"schema": 2, "key": key, "config": config, "status": status, "wall_seconds": 1.0,
+              "method_info": {"compresses": compresses, "role": builtin_role if role is ... else role,
+                              "order": builtin_order if order is ... else order},
+              "task_info": {"suite": suite, "group": offline_groups.get(task) if group is ... else group,
+                            "num_classes": 10, "split_sizes": {"train": 800, "val": 200, "test": 500}},
               "environment": {"device": "cpu", "device_name": device_name, "torch": "2.x", "git_commit": "abc123",
                               "git_dirty": False, "date": "2026-01-01T00:00:00+00:00"}}
     if status == "ok":
@@ -86,7 +102,7 @@ def run_record(method: str = "lora", task: str = "count", seed: int = 0, acc: fl
 
 
 def write_runs(folder: Path, records) -> Path:
-    """Each record as ``<method>-<task>-s<seed>-<key>.json`` in ``folder``, as the runner names them."""
+    """Each record as ``<method>-<compression>-<task>-s<seed>-<key>.json`` in ``folder``, as the runner names them."""
     import json
 
     folder.mkdir(parents=True, exist_ok=True)

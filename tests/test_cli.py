@@ -1,6 +1,5 @@
 import json
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -34,6 +33,12 @@ def test_external_plugin_runs_end_to_end(tiny_run):
         assert metrics[key] > 0, key
     environment = records[0]["environment"]
     assert {"torch", "timm", "device_name", "git_commit", "cpu_threads", "cpu_allocator"} <= set(environment)
+    # Self-describing: the report reads suite, group, roles and order from here, not from the plugin.
+    by_method = {record["config"]["method"]: record for record in records}
+    assert by_method["bitfit"]["method_info"] == {"compresses": False, "role": None, "order": None}
+    assert by_method["lora"]["method_info"] == {"compresses": False, "role": "reference", "order": 1}
+    assert records[0]["schema"] == 2 and records[0]["task_info"] == {
+        "suite": "tiny", "group": "natural", "num_classes": 2, "split_sizes": {"train": 48, "val": 16, "test": 32}}
 
 
 def test_results_csv_has_one_flat_row_per_run(tiny_run):
@@ -172,7 +177,7 @@ def test_report_reads_the_runners_own_files(plugin_file, tiny_run, tmp_path):
 
 @pytest.mark.parametrize("refuse", [False, True])
 def test_noisy_throughput_is_measured_again_then_flagged_or_refused(plugin_file, tmp_path, monkeypatch, refuse):
-    import harness.runner
+    import harness.measure
     from harness.measure import Throughput
 
     calls = []
@@ -181,7 +186,7 @@ def test_noisy_throughput_is_measured_again_then_flagged_or_refused(plugin_file,
         calls.append(batch_size)
         return Throughput(median=100.0, iqr=50.0 - len(calls), repeats=7, batch_size=batch_size)
 
-    monkeypatch.setattr(harness.runner, "inference_throughput", noisy)
+    monkeypatch.setattr(harness.measure, "inference_throughput", noisy)
     out = tmp_path / "runs"
     result = invoke("--plugins", str(plugin_file), "--methods", "bitfit", "--tasks", "tiny", "--bench-batch", "8",
                     "--out", str(out), *(["--refuse-noisy"] if refuse else []))
@@ -195,3 +200,28 @@ def test_noisy_throughput_is_measured_again_then_flagged_or_refused(plugin_file,
         assert "too noisy" in record["reason"] and "--max-spread 0.1" in record["reason"]
     else:
         assert result.exit_code == 0 and record["status"] == "ok"
+
+
+BASELINE_PLUGIN = '''
+import harness
+
+
+@harness.register_method("twin_baseline", compresses=True, role="small-model baseline")
+def twin_baseline(model, compression=None):
+    """LoRA on the same backbone, declared as the small-model baseline by this plugin alone."""
+    return harness.adapt(model, "lora")
+'''
+
+
+def test_a_plugin_declared_as_the_small_model_baseline_is_paired_by_adverse_compression(plugin_file, tmp_path):
+    baseline = tmp_path / "baseline_plugin.py"
+    baseline.write_text(BASELINE_PLUGIN)
+    out = tmp_path / "runs"
+    result = invoke("--plugins", f"{plugin_file},{baseline}", "--methods", "tome,twin_baseline", "--tasks", "tiny",
+                    "--compression", "high", "--bench-batch", "8", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    result = invoke("report", str(out), "--out", str(tmp_path / "rep"))  # no --plugins: the records suffice
+    assert result.exit_code == 0, result.output
+    adverse = pd.read_csv(tmp_path / "rep" / "tiny" / "adverse_compression.csv")
+    assert adverse[["method", "compression", "n"]].values.tolist() == [["tome", "high", 1]]
+    assert "tome@high - small-model baseline" in result.output

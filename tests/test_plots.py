@@ -1,6 +1,7 @@
 import pandas as pd
 
-from harness import plots, report
+from harness import report
+from harness.report import plots
 
 
 def _board(rows) -> pd.DataFrame:
@@ -45,8 +46,34 @@ def test_one_file_per_metric_and_format_and_per_device_when_several(tmp_path):
     assert any("left out 1 row(s)" in note and "pyra@low" in note for note in notes)
 
 
+# The built-in methods' recorded orders, and a plugin's.
+METHODS = report.Methods(orders={"full_ft": 0, "lora": 1, "tome": 2, "pyra": 3, "diffrate": 4, "small_peft": 5,
+                                 "mine": 9})
+
+
 def test_methods_keep_their_style_in_every_plot():
-    first = plots.method_styles(["lora", "zeta", "alpha"])
-    second = plots.method_styles(["alpha", "zeta", "tome", "lora"])
-    assert first["lora"] == second["lora"] and first["alpha"] == second["alpha"] and first["zeta"] == second["zeta"]
-    assert len({first[name] for name in ("lora", "zeta", "alpha", "tome", "small_peft")}) == 5
+    first = plots.method_styles(["lora", "zeta", "mine"], METHODS)
+    second = plots.method_styles(["alpha", "zeta", "tome", "lora", "mine"], METHODS)
+    assert all(first[name] == second[name] for name in first)
+    assert len(set(plots.method_styles(METHODS.orders, METHODS).values())) == 7  # distinct orders, distinct styles
+    assert plots.method_styles(["zeta"]) == plots.method_styles(["zeta"], METHODS)  # no order: by name alone
+
+
+def _legend_styles(figure, methods) -> dict:
+    """The legend's method entries: name -> (marker, colour)."""
+    (legend,) = figure.legends
+    return {text.get_text(): (handle.get_marker(), handle.get_color())
+            for text, handle in zip(legend.get_texts(), legend.legend_handles) if text.get_text() in methods}
+
+
+def test_a_methods_style_is_the_same_whatever_else_is_plotted():
+    """Styles follow each method's recorded order (or name), not which other methods a plot happens to hold."""
+    few = [("CPU A", "lora", "none", 70.0, 1000.0, 0.10), ("CPU A", "zeta", "none", 65.0, 900.0, 0.10),
+           ("CPU A", "mine", "low", 66.0, 1500.0, 0.05)]
+    more = few + [("CPU A", "alpha", "none", 60.0, 800.0, 0.10), ("CPU A", "tome", "high", 60.0, 1500.0, 0.03),
+                  ("CPU A", "beta", "none", 61.0, 700.0, 0.10)]
+    styles = [_legend_styles(plots.pareto_figure(_board(rows), "throughput", "t", METHODS), {row[1] for row in rows})
+              for rows in (few, more)]
+    assert list(styles[0]) == ["lora", "mine", "zeta"]  # the legend in display order
+    assert all(styles[0][name] == styles[1][name] for name in styles[0])
+    assert styles[1]["lora"] == ("o", "#1f77b4") and styles[1]["tome"] == ("^", "#ff7f0e")  # as before

@@ -78,3 +78,27 @@ def test_clashing_registration_is_refused():
     lora.__qualname__ = "someone_elses_lora"
     with pytest.raises(harness.UserError, match="method 'lora' is registered twice"):
         harness.register_method("lora")(lora)
+
+
+def test_roles_order_and_context_are_declared_at_registration_and_checked():
+    assert registry.get_method("small_peft").info() == {"compresses": True, "role": "small-model baseline",
+                                                        "order": 5}
+    assert registry.get_method("diffrate").context == ("train_data",)
+    with pytest.raises(ValueError, match="method role must be one of"):
+        harness.register_method("odd_role", role="judge")
+    with pytest.raises(ValueError, match="unknown run context labels"):
+        harness.register_method("odd_context", context=("labels",))
+
+
+def test_a_task_needs_no_group_and_a_group_is_free_form():
+    def ungrouped(data_root=None):
+        """A task of no VTAB group."""
+
+    def custom(data_root=None):
+        """A task of a group of its own."""
+
+    harness.register_task("test_ungrouped", suite="test_groups")(ungrouped)
+    harness.register_task("test_custom_group", suite="test_groups", group="medical")(custom)
+    assert registry.expand_tasks(["test_groups"]) == ["test_custom_group", "test_ungrouped"]
+    assert registry.expand_tasks(["test_groups-medical"]) == ["test_custom_group"]
+    assert "test_groups-None" not in registry.task_selectors()

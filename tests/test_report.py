@@ -1,6 +1,10 @@
 """The report as a pure function of hand-made run files whose numbers can be checked by hand."""
+import ast
 import json
 import math
+import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +14,10 @@ from conftest import run_record, write_runs
 
 from harness import UserError, report
 from harness.cli import main
+from harness.vocabulary import REFERENCE, SMALL_MODEL_BASELINE
+
+REPO = Path(__file__).resolve().parent.parent
+BUILTIN_METHODS = ("full_ft", "lora", "tome", "pyra", "diffrate", "small_peft")
 
 TASKS = ["digits", "photos", "cells", "count", "orientation"]  # the offline suite: 2 natural, 1 specialized, 2 structured
 # Natural (80 + 60) / 2 = 70, specialized 90, structured (40 + 50) / 2 = 45: the mean of the five task means is
@@ -18,7 +26,8 @@ ACCURACY = {"digits": 80.0, "photos": 60.0, "cells": 90.0, "count": 40.0, "orien
 
 
 def grid(method="lora", compression="none", shift=0.0, seeds=(0,), tasks=TASKS, **metrics) -> list[dict]:
-    """One method at one level on every task and seed, accuracy = ACCURACY + shift + seed."""
+    """One method at one level on every task and seed, accuracy = ACCURACY + shift + seed (``role``, ``order``,
+    ``suite`` and ``group`` go to :func:`run_record`'s record info, other keywords to its metrics)."""
     return [run_record(method, task, seed, ACCURACY[task] + shift + seed, compression, **metrics)
             for task in tasks for seed in seeds]
 
@@ -144,7 +153,8 @@ def test_adverse_compression_verdicts(tmp_path):
     table = report.adverse_compression(runs).set_index(["method", "compression"])
     assert table["verdict"].to_dict() == {
         ("tome", "low"): "equivalent", ("tome", "high"): "adverse", ("pyra", "high"): "compression wins",
-        ("pyra", "2x"): "no small_peft run", ("diffrate", "high"): "inconclusive"}
+        ("pyra", "2x"): "no small-model baseline run", ("diffrate", "high"): "inconclusive"}
+    assert table.loc[("pyra", "2x"), "note"] == "run small_peft at compression 2x on this device and backbone"
     tome = table.loc[("tome", "high")]
     assert tome["n"] == 10 and tome["pairing"] == "task x seed" and tome["mean_diff"] == pytest.approx(-3, abs=0.3)
     assert tome["ci_high"] < 0 and tome["wilcoxon_p"] < 0.05
@@ -174,8 +184,10 @@ def test_compare_pairs_levels_each_method_ran(tmp_path):
     (lambda folder: _file(folder, "r.json", json.dumps(run_record(status="running"))), "still running"),
     (lambda folder: _file(folder, "f.json", json.dumps(run_record(status="failed"))),
      "failed: loss became nan at epoch 1"),
-    (lambda folder: _file(folder, "t.json", json.dumps(run_record(task="imagenet"))),
-     "task 'imagenet' is not registered (load its plugin with --plugins FILE)"),
+    (lambda folder: _file(folder, "old.json", json.dumps(schema_1(run_record()))),
+     "written by an older adaptbench (schema 1); upgrade it once with: python run.py migrate "),
+    (lambda folder: _file(folder, "n.json", json.dumps({**run_record(), "task_info": {"group": "natural"}})),
+     "not a run record (task_info names no suite)"),
 ])
 def test_bad_input_is_skipped_with_its_reason(tmp_path, make, reason):
     folder = tmp_path / "runs"
@@ -189,6 +201,11 @@ def test_bad_input_is_skipped_with_its_reason(tmp_path, make, reason):
 def _file(folder, name, text):
     (folder / name).write_text(text)
     return folder / name
+
+
+def schema_1(record):
+    """The record as adaptbench wrote it before records described their method and task."""
+    return {key: value for key, value in record.items() if key not in ("schema", "method_info", "task_info")}
 
 
 def test_valid_runs_survive_beside_bad_files_and_results_csv_is_not_a_run(tmp_path):
@@ -231,6 +248,146 @@ def test_provenance_groups_environments_and_lists_every_run(tmp_path):
     assert record["environments"][1]["first_date"] == "2026-02-02T00:00:00+00:00"
     assert set(record["git"]) == {"commit", "dirty"} and record["skipped"] == [{"path": "x.json",
                                                                               "reason": "still running"}]
+
+
+# ---------------------------------------------------------------------- records describe their methods and tasks
+
+def test_leaderboard_and_adverse_columns_are_the_published_ones(tmp_path):
+    """What the records add (roles, orders, split sizes) stays out of the files the report writes."""
+    records = grid() + grid("tome", "high") + grid("small_peft", "high")
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    published = REPO / "results" / "offline"
+    assert list(report.leaderboard(runs).columns) == list(pd.read_csv(published / "leaderboard.csv", nrows=0).columns)
+    assert report.ADVERSE_COLUMNS == list(pd.read_csv(published / "adverse_compression.csv", nrows=0).columns)
+    assert list(report.adverse_compression(runs).columns) == report.ADVERSE_COLUMNS
+
+
+def test_rows_follow_the_recorded_order_then_names(tmp_path):
+    records = (grid("zeta") + grid("alpha") + grid("late", order=9) + grid("tome", "high") + grid("tome", "low")
+               + grid("lora") + grid("early", order=-1) + grid("tome", "2x"))
+    board = board_of(tmp_path, records)
+    assert board.index.tolist() == [("early", "none"), ("lora", "none"), ("tome", "low"), ("tome", "high"),
+                                    ("tome", "2x"), ("late", "none"), ("alpha", "none"), ("zeta", "none")]
+
+
+def test_the_small_model_baseline_is_whichever_method_declares_the_role(tmp_path):
+    """A plugin's baseline is paired exactly as the built-in one; the built-in's name means nothing by itself."""
+    seeds = (0, 1)
+    records = (grid("mysmall", "high", seeds=seeds, role=SMALL_MODEL_BASELINE, small_backbone="vit_tiny")
+               + grid("tome", "high", shift=-3, seeds=seeds) + grid("tome", "low", seeds=seeds)
+               + grid("lora", seeds=seeds))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    table = report.adverse_compression(runs)
+    assert table[["method", "compression", "small_backbone", "n", "verdict"]].values.tolist() == [
+        ["tome", "low", np.nan, 0, "no small-model baseline run"], ["tome", "high", "vit_tiny", 10, "adverse"]]
+    assert table["note"].iloc[0] == "run mysmall at compression low on this device and backbone"
+    written = report.write_suite_report(runs, tmp_path / "report").written
+    console = report.verdict_lines(table) + report.console_leaderboard(report.leaderboard(runs))
+    assert "tome@high - small-model baseline" in console
+    assert all("small_peft" not in text for text in [console, *(path.read_text() for path in written
+                                                                 if path.suffix in (".csv", ".md", ".svg"))])
+    # Without the role, small_peft is one more compressed method, and no baseline's name is known.
+    runs, _ = report.load_runs([write_runs(tmp_path / "other", grid("small_peft", "high", role=None))])
+    table = report.adverse_compression(runs)
+    assert table[["method", "verdict"]].values.tolist() == [["small_peft", "no small-model baseline run"]]
+    assert table["note"].iloc[0] == ("run a method with role 'small-model baseline' at compression high on this "
+                                     "device and backbone")
+
+
+def test_every_small_model_baseline_at_a_level_gets_its_row(tmp_path):
+    records = (grid("tome", "high", shift=-3, seeds=(0, 1)) + grid("small_peft", "high", seeds=(0, 1))
+               + grid("mysmall", "high", seeds=(0, 1), role=SMALL_MODEL_BASELINE, order=8))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    table = report.adverse_compression(runs)
+    assert table["note"].tolist() == ["against small_peft", "against mysmall"]  # in display order
+    assert table["verdict"].tolist() == ["adverse", "adverse"]
+
+
+def test_a_plugin_method_with_the_reference_role_is_the_speedup_reference(tmp_path):
+    records = (grid("full_ft", infer_img_per_s=800.0) + grid("myref", role=REFERENCE, infer_img_per_s=400.0)
+               + grid("tome", "high", infer_img_per_s=2000.0)
+               + grid("mysmall", role=SMALL_MODEL_BASELINE, order=0, infer_img_per_s=100.0))
+    board = board_of(tmp_path / "a", records)
+    assert set(board["speedup_reference"]) == {"myref"}  # though full_ft comes first in display order
+    assert board.loc[("tome", "high"), "speedup"] == 5.0 and board.loc[("full_ft", "none"), "speedup"] == 2.0
+    # Two references: the first in display order. No reference: the first uncompressed method in display
+    # order, never a small-model baseline (it runs a smaller backbone).
+    board = board_of(tmp_path / "b", records + grid("lora", infer_img_per_s=1000.0))
+    assert set(board["speedup_reference"]) == {"lora"}
+    board = board_of(tmp_path / "c", grid("alpha", infer_img_per_s=250.0) + grid("zeta", order=7, infer_img_per_s=500.0)
+                     + grid("mysmall", role=SMALL_MODEL_BASELINE, order=0, infer_img_per_s=100.0))
+    assert set(board["speedup_reference"]) == {"zeta"}
+
+
+def test_a_schema_1_record_is_skipped_with_the_command_that_upgrades_it(tmp_path):
+    records = grid()
+    folder = write_runs(tmp_path / "old runs", [schema_1(record) for record in records[:2]] + records[2:])
+    runs, skipped = report.load_runs([folder])
+    assert len(runs) == 3
+    hint = f"upgrade it once with: python run.py migrate {shlex.quote(str(folder))}"  # the folder has a space
+    assert [item.reason for item in skipped] == [f"written by an older adaptbench (schema 1); {hint}"] * 2
+
+
+def test_a_task_without_a_group_counts_in_the_mean_over_tasks_only(tmp_path):
+    row = board_of(tmp_path / "a", grid() + [run_record("lora", "extra", 0, 94.0, group=None)]).loc[("lora", "none")]
+    assert row["acc_mean_tasks"] == pytest.approx((5 * 64 + 94) / 6)
+    assert (row["acc_natural"], row["acc_specialized"], row["acc_structured"]) == (70.0, 90.0, 45.0)
+    assert row["acc_mean_groups"] == pytest.approx((70 + 90 + 45) / 3)
+    # Free-form groups follow VTAB's by name; tasks no registry knows load all the same (no --plugins).
+    mine = [run_record("lora", task, 0, acc, suite="mine", group=group)
+            for task, acc, group in [("xrays", 80.0, "medical"), ("maps", 60.0, "aerial"), ("roofs", 70.0, "aerial"),
+                                     ("odd", 10.0, None), ("zoo", 40.0, "natural")]]
+    board = board_of(tmp_path / "b", mine)
+    assert [column for column in board.columns if column.startswith("acc_") and not column.endswith("_std")] == [
+        "acc_zoo", "acc_maps", "acc_roofs", "acc_xrays", "acc_odd", "acc_natural", "acc_aerial", "acc_medical",
+        "acc_mean_tasks", "acc_mean_groups"]
+    row = board.loc[("lora", "none")]
+    assert (row["acc_aerial"], row["acc_mean_tasks"], row["acc_mean_groups"]) == (65.0, 52.0, (40 + 65 + 80) / 3)
+    header = next(line for line in report.leaderboard_markdown(board.reset_index()).splitlines()
+                  if line.startswith("| device"))
+    headers = [cell.strip() for cell in header.strip("|").split("|")]
+    assert headers[headers.index("seeds"):headers.index("mean (groups)") + 1] == [
+        "seeds", "natural", "aerial", "medical", "mean (tasks)", "mean (groups)"]
+    # No task with a group: no group average at all.
+    row = board_of(tmp_path / "c", [run_record("lora", task, 0, 50.0, suite="flat", group=None)
+                                    for task in ("a", "b")]).loc[("lora", "none")]
+    assert row["acc_mean_tasks"] == 50.0 and math.isnan(row["acc_mean_groups"])
+
+
+def _code_words(source: str):
+    """Every name and string constant of a module's code: docstrings (any bare string statement) left out."""
+    tree = ast.parse(source)
+    docstrings = {id(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.value
+        elif isinstance(node, ast.Name):
+            yield node.id
+        elif isinstance(node, ast.Attribute):
+            yield node.attr
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield node.name
+        elif isinstance(node, ast.arg):
+            yield node.arg
+        elif isinstance(node, ast.keyword) and node.arg:
+            yield node.arg
+        elif isinstance(node, ast.alias):
+            yield from (node.name, node.asname or "")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_the_report_names_no_built_in_method_and_asks_no_registry():
+    """Roles and order come from the records, so the report's code knows no method by name."""
+    pattern = re.compile(rf"(?<![a-z0-9])({'|'.join(BUILTIN_METHODS)})(?![a-z0-9])", re.IGNORECASE)
+    modules = sorted((REPO / "harness" / "report").glob("*.py"))
+    assert {path.stem for path in modules} >= {"__init__", "schema", "load", "board", "paired", "plots", "publish"}
+    for path in modules:
+        words = list(_code_words(path.read_text()))
+        assert [word for word in words if pattern.search(word)] == [], path.name
+        assert [word for word in words if "registry" in word.split(".")] == [], path.name
+    assert not (REPO / "harness" / "report.py").exists() and not (REPO / "harness" / "plots.py").exists()
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -280,7 +437,8 @@ def test_report_console_lists_leaderboard_verdicts_skipped_and_paths(full_report
     output = full_report[0].output
     assert "stuck.json: still running" in output.splitlines()[0]
     assert "vit_micro_base_patch4_32 on CPU A" in output and "mean (groups)" in output
-    assert "tome@high - small_peft" in output and "adverse" in output  # 10 pairs, 3 points worse
+    assert "Adverse Compression (compressed - small-model baseline, accuracy points)" in output
+    assert "tome@high - small-model baseline" in output and "adverse" in output  # 10 pairs, 3 points worse
     assert "tome@high - lora" in output and "tome worse" in output
     assert "Baseline against" in output and "1 row(s) in both" in output
     assert "note: full_ft (vit_micro_base_patch4_32 (random init), CPU A) lacks orientation: its averages" in output

@@ -1,10 +1,12 @@
 import json
 
+import pandas as pd
 import pytest
 
 from harness.config import RunConfig
 from harness.measure import MeasureConfig
-from harness.results import flatten, write_json_atomic
+from harness.results import flatten
+from harness.store import RunStore, write_json_atomic
 from harness.train import TrainConfig
 
 
@@ -37,3 +39,27 @@ def test_flatten_gives_one_flat_row():
     row = flatten(record)
     assert row["method"] == "lora" and row["train_epochs"] == 3 and row["gmacs"] == 0.1
     assert row["env_torch"] == "2.x" and not any(isinstance(value, (dict, list)) for value in row.values())
+
+
+def test_flatten_carries_what_the_record_says_of_its_method_and_task():
+    config = _config()
+    record = {"key": config.key, "config": config.to_dict(), "status": "ok", "schema": 2,
+              "method_info": {"compresses": False, "role": "reference", "order": 1},
+              "task_info": {"suite": "offline", "group": None, "num_classes": 8,
+                            "split_sizes": {"train": 800, "val": 200, "test": 500}}}
+    row = flatten(record)
+    assert (row["method_role"], row["method_order"], row["method_compresses"]) == ("reference", 1, False)
+    assert (row["suite"], row["group"], row["num_classes"], row["train_size"], row["test_size"]) == \
+        ("offline", None, 8, 800, 500)
+
+
+def test_results_csv_is_rebuilt_from_the_run_files_alone(tmp_path):
+    store = RunStore(tmp_path)
+    for seed in (0, 1):
+        config = _config(seed=seed)
+        store.write(config, {"key": config.key, "config": config.to_dict(), "status": "ok"})
+    (tmp_path / "notes.json").write_text('{"author": "me"}')  # foreign JSON beside the runs
+    (tmp_path / "broken.json").write_text('{"key": ')
+    path = store.write_csv()
+    assert sorted(pd.read_csv(path)["seed"]) == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left

@@ -5,7 +5,8 @@ import torch
 import harness
 from conftest import tiny_vit
 from harness.compression import resolve_schedule, schedule_gmacs
-from harness.measure import count_gmacs
+from harness import registry
+from harness.measure import MeasureConfig, Throughput, count_gmacs
 from harness.token_merging import Matching, bipartite_soft_matching, merge_weighted, token_counts
 
 
@@ -170,9 +171,12 @@ def test_small_peft_is_pretrained_exactly_when_the_big_backbone_is(pretrained):
     assert same is pretrained
 
 
+QUICK_TIMING = MeasureConfig(batches=(8,), warmup_iters=1, warmup_seconds=0.0, repeats=3, iters_per_repeat=1)
+
+
 def test_small_peft_matches_throughput_when_compressed_and_records_the_ratio():
     small = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=3), "small_peft",
-                          compression="high", bench_batch=8)
+                          compression="high", measure=QUICK_TIMING)
     info = small.adaptbench_info
     assert info["small_backbone"] == "vit_micro_small_patch4_32" and info["matched_throughput_ratio"] > 0
 
@@ -181,12 +185,28 @@ def test_small_peft_throughput_matching_leaves_the_seeded_start_unchanged():
     def adapted(compression):
         big = timm.create_model("vit_micro_base_patch4_32", num_classes=3)
         torch.manual_seed(0)
-        return harness.adapt(big, "small_peft", compression=compression, bench_batch=8)
+        return harness.adapt(big, "small_peft", compression=compression, measure=QUICK_TIMING)
 
     plain, matched = adapted(None), adapted("high")
     assert matched.adaptbench_info["small_backbone"] == plain.adaptbench_info["small_backbone"]
     for (name, a), (_, b) in zip(plain.state_dict().items(), matched.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_small_peft_times_candidates_under_the_runs_own_timing_settings(monkeypatch):
+    timed = []
+    method_globals = registry.get_method("small_peft").fn.__globals__
+
+    def fake_throughput(model, image_size, device, settings, batch_size=None):
+        timed.append(settings)
+        return Throughput(1000.0 if model.embed_dim == 48 else 900.0, 0.0, 1, settings.batches[0])
+
+    monkeypatch.setitem(method_globals, "deployed_throughput", fake_throughput)
+    settings = MeasureConfig(batches=(16,), precision="bf16", compile=True)
+    small = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=3), "small_peft",
+                          compression="high", measure=settings)
+    assert timed == [settings, settings]  # the compressed reference, then the one smaller backbone
+    assert small.adaptbench_info["matched_throughput_ratio"] == pytest.approx(1000.0 / 900.0)
 
 
 def test_small_peft_refuses_the_smallest_backbone():

@@ -6,6 +6,7 @@ making a plot never touches a global backend or opens a window, on a headless ma
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -15,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from .report import METHOD_ORDER, PARETO_METRICS, method_rank
+from ..vocabulary import NONE, is_uncompressed
+from .schema import PARETO_METRICS, Methods
 
 AXIS_LABELS = {
     "throughput": "Inference throughput (images/s, higher is better)",
@@ -23,23 +25,32 @@ AXIS_LABELS = {
     "memory": "Peak training memory (MiB, lower is better)",
 }
 TITLES = {"throughput": "inference throughput", "gmacs": "compute", "memory": "training memory"}
-# Built-in methods keep the same marker and colour in every plot; plugin methods take the spare ones in name order.
-_STYLES = dict(zip(METHOD_ORDER, [("s", "#555555"), ("o", "#1f77b4"), ("^", "#ff7f0e"), ("D", "#2ca02c"),
-                                  ("v", "#9467bd"), ("P", "#d62728")]))
-_SPARE = [("X", "#8c564b"), ("h", "#e377c2"), ("<", "#17becf"), (">", "#bcbd22"), ("p", "#7f7f7f"),
-          ("*", "#393b79"), ("d", "#637939"), ("8", "#843c39")]
+# One palette: a method's recorded display order picks its marker and colour (order % its length), so a method
+# keeps them in every plot whatever else is plotted; the built-in methods' orders 0-5 take the first six. A
+# method without an order takes one of the spare styles by a hash of its name.
+_PALETTE = [("s", "#555555"), ("o", "#1f77b4"), ("^", "#ff7f0e"), ("D", "#2ca02c"), ("v", "#9467bd"),
+            ("P", "#d62728"), ("X", "#8c564b"), ("h", "#e377c2"), ("<", "#17becf"), (">", "#bcbd22"),
+            ("p", "#7f7f7f"), ("*", "#393b79"), ("d", "#637939"), ("8", "#843c39")]
+_SPARE = _PALETTE[6:]
 LOG_SCALE_RATIO = 20  # an axis spanning more than this factor is drawn logarithmic
 DPI = 150
 
 
-def method_styles(methods: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """Marker and colour of each method."""
-    others = sorted(set(methods) - set(_STYLES), key=method_rank)
-    return {**_STYLES, **{name: _SPARE[i % len(_SPARE)] for i, name in enumerate(others)}}
+def method_style(name: str, order: int | None) -> tuple[str, str]:
+    """Marker and colour of a method: by its recorded display order, or, without one, by its name alone."""
+    if order is not None:
+        return _PALETTE[order % len(_PALETTE)]
+    return _SPARE[zlib.crc32(name.encode()) % len(_SPARE)]
+
+
+def method_styles(names: Iterable[str], methods: Methods | None = None) -> dict[str, tuple[str, str]]:
+    """Marker and colour of each method (:func:`method_style`, the orders from ``methods``)."""
+    methods = methods or Methods()
+    return {name: method_style(name, methods.orders.get(name)) for name in names}
 
 
 def _annotation(row: pd.Series, several_backbones: bool) -> str:
-    level = "" if row["compression"] == "none" else str(row["compression"])
+    level = "" if is_uncompressed(row["compression"]) else str(row["compression"])
     if len(level) > 12:  # a bracketed per-block schedule
         level = level[:10] + "…"
     backbone = str(row["backbone"]).split(".")[0] if several_backbones else ""
@@ -57,18 +68,20 @@ def _frontier(ax, points: pd.DataFrame, column: str, higher: bool, front: pd.Ser
             linestyle="--", linewidth=1.2, zorder=1)
 
 
-def pareto_figure(board: pd.DataFrame, metric: str, title: str) -> Figure:
-    """One device's leaderboard rows as points of (metric, mean accuracy), frontier drawn."""
+def pareto_figure(board: pd.DataFrame, metric: str, title: str, methods: Methods | None = None) -> Figure:
+    """One device's leaderboard rows as points of (metric, mean accuracy), frontier drawn; ``methods`` gives
+    each method's recorded display order (legend order and style)."""
     column, higher = PARETO_METRICS[metric]
+    methods = methods or Methods()
     points = board.dropna(subset=[column, "acc_mean_tasks"])
-    styles = method_styles(board["method"])
+    styles = method_styles(board["method"], methods)
     figure = Figure(figsize=(7.2, 4.6), layout="constrained")
     ax = figure.add_subplot()
     _frontier(ax, points, column, higher, board[f"pareto_{metric}"])
     several_backbones = points["backbone"].nunique() > 1
     for _, row in points.iterrows():
         marker, colour = styles[row["method"]]
-        compressed = row["compression"] != "none"
+        compressed = not is_uncompressed(row["compression"])
         ax.plot(row[column], row["acc_mean_tasks"], marker=marker, markersize=8, color=colour,
                 markerfacecolor="white" if compressed else colour, markeredgewidth=1.6, linestyle="none", zorder=3)
     values = points[column].to_numpy(dtype=float)
@@ -82,10 +95,10 @@ def pareto_figure(board: pd.DataFrame, metric: str, title: str) -> Figure:
     ax.grid(True, color="#e6e6e6", linewidth=0.8, zorder=0)
     ax.set_axisbelow(True)
     ax.margins(x=0.12, y=0.12)
-    methods = sorted(points["method"].unique(), key=method_rank)
+    names = sorted(points["method"].unique(), key=methods.rank)
     handles = [Line2D([], [], marker=styles[name][0], color=styles[name][1], linestyle="none", markersize=8,
-                      label=name) for name in methods]
-    if (points["compression"] != "none").any():
+                      label=name) for name in names]
+    if (points["compression"] != NONE).any():
         handles.append(Line2D([], [], marker="o", color="#333333", markerfacecolor="white", linestyle="none",
                               markersize=8, label="open: compressed\n(level labelled)"))
     handles.append(Line2D([], [], color="#888888", linestyle="--", label="Pareto frontier"))
@@ -129,9 +142,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def write_pareto_plots(board: pd.DataFrame, folder: Path) -> tuple[list[Path], list[str]]:
+def write_pareto_plots(board: pd.DataFrame, folder: Path,
+                       methods: Methods | None = None) -> tuple[list[Path], list[str]]:
     """``pareto_<metric>.png`` and ``.svg`` for throughput, GMACs and memory; with several devices, one file
-    per device (``pareto_<metric>_<device>``). Returns the files and notes on rows left out."""
+    per device (``pareto_<metric>_<device>``). ``methods``: the runs' :class:`Methods` (display order, styles).
+    Returns the files and notes on rows left out."""
     written, notes = [], []
     folder.mkdir(parents=True, exist_ok=True)
     devices = list(dict.fromkeys(board["device_name"]))
@@ -148,7 +163,7 @@ def write_pareto_plots(board: pd.DataFrame, folder: Path) -> tuple[list[Path], l
             if len(left_out) == len(rows):
                 continue
             title = f"{suite} suite: accuracy vs {TITLES[metric]}\n{backbones} on {device}"
-            written += _save(pareto_figure(rows, metric, title), folder / f"pareto_{metric}{suffix}")
+            written += _save(pareto_figure(rows, metric, title, methods), folder / f"pareto_{metric}{suffix}")
     return written, notes
 
 

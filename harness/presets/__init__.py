@@ -1,0 +1,27 @@
+"""Presets as data: the TOML files beside this module, read with the standard ``tomllib``.
+
+``timing.toml`` (how inference is timed), ``merge_schedules.toml`` (compression levels and per-block merge
+schedules), ``backbones.toml`` (the backbones adaptbench knows by name, their families and LoRA ranks) and
+``defaults.toml`` (what the command line runs when it is told nothing). Each value carries a comment saying
+where it comes from; code reads them through :func:`load` and derives its choices from them, so a preset and
+the CLI can never drift apart.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).resolve().parent
+
+
+@functools.cache
+def load(name: str) -> dict:
+    """The contents of ``<name>.toml`` (cached: presets are read-only at run time)."""
+    with open(PRESETS_DIR / f"{name}.toml", "rb") as handle:
+        return tomllib.load(handle)

@@ -1,0 +1,120 @@
+"""Paired tests over :mod:`harness.stats`: the Adverse Compression test (every compressed row against the
+small-model baseline at its level) and ``--compare A,B``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from .. import stats
+from ..errors import UserError
+from ..vocabulary import SMALL_MODEL_BASELINE, is_uncompressed, level_rank
+from .board import distinct
+from .schema import ROW_KEY, Methods, sort_rows
+
+ADVERSE_LABELS = {stats.WORSE: "adverse", stats.BETTER: "compression wins", stats.EQUIVALENT: "equivalent",
+                  stats.INCONCLUSIVE: "inconclusive"}
+ADVERSE_COLUMNS = ["device_name", "backbone", "method", "compression", "small_backbone", "matched_throughput_ratio",
+                   "n", "pairing", "mean_diff", "ci_low", "ci_high", "wilcoxon_p", "verdict", "note"]
+COMPARE_COLUMNS = ["device_name", "backbone", "a", "b", "n", "pairing", "mean_diff", "ci_low", "ci_high",
+                   "wilcoxon_p", "verdict", "note"]
+
+
+def _result_columns(result: stats.PairedResult, labels: Mapping[str, str]) -> dict:
+    return {"n": result.n, "pairing": result.pairing, "mean_diff": result.mean_diff, "ci_low": result.ci_low,
+            "ci_high": result.ci_high, "wilcoxon_p": result.p_value, "verdict": labels[result.verdict],
+            "note": result.note}
+
+
+def _select(runs: pd.DataFrame, device: str, backbone: str, method: str, level: str) -> pd.DataFrame:
+    return runs[(runs["device_name"] == device) & (runs["backbone"] == backbone) & (runs["method"] == method)
+                & (runs["compression"] == level)]
+
+
+def adverse_compression(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every compressed row (compression other than ``none``) of every method that is not a small-model baseline,
+    against the method(s) whose recorded role is ``small-model baseline`` (``small_peft`` among the built-ins),
+    throughput-matched to that level, on the same device and big backbone. Differences are compressed - baseline,
+    in accuracy points. Should several baseline methods have run at a level, each gets a row, its note naming it.
+    """
+    methods = Methods.of(runs)
+    baselines = methods.with_role(SMALL_MODEL_BASELINE)
+    rows = []
+    for (device, backbone, method, level), compressed in runs.groupby(ROW_KEY):
+        if method in baselines or is_uncompressed(level):
+            continue
+        key = {"device_name": device, "backbone": backbone, "method": method, "compression": level}
+        partners = [(name, small) for name in baselines
+                    if not (small := _select(runs, device, backbone, name, level)).empty]
+        if not partners:
+            rows.append({**key, "n": 0, "verdict": f"no {SMALL_MODEL_BASELINE} run", "note": f"run "
+                         f"{_baseline_names(baselines)} at compression {level} on this device and backbone"})
+        for name, small in partners:
+            row = {**key, "small_backbone": distinct(small["small_backbone"]),
+                   "matched_throughput_ratio": small["matched_throughput_ratio"].mean(),
+                   **_result_columns(stats.compare(compressed, small), ADVERSE_LABELS)}
+            if len(partners) > 1:
+                row["note"] = "; ".join(part for part in (f"against {name}", row["note"]) if part)
+            rows.append(row)
+    return sort_rows(pd.DataFrame(rows, columns=ADVERSE_COLUMNS), methods)
+
+
+def _baseline_names(baselines: Sequence[str]) -> str:
+    """What to run for a missing partner: the baseline methods other runs used, or the role itself."""
+    return " or ".join(baselines) if baselines else f"a method with role '{SMALL_MODEL_BASELINE}'"
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A method, optionally pinned to one compression level (``tome@high``)."""
+
+    method: str
+    level: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Selector":
+        method, _, level = text.strip().partition("@")
+        if not method:
+            raise UserError(f"--compare needs method names, as in A,B or A@high,B; got '{text}'")
+        return cls(method, level or None)
+
+    def __str__(self) -> str:
+        return self.method if is_uncompressed(self.level) else f"{self.method}@{self.level}"
+
+
+def parse_compare(text: str) -> tuple[Selector, Selector]:
+    parts = [part for part in text.split(",") if part.strip()]
+    if len(parts) != 2:
+        raise UserError(f"--compare takes two methods separated by a comma (A,B), not '{text}'")
+    return Selector.parse(parts[0]), Selector.parse(parts[1])
+
+
+def level_pairs(levels_a: Sequence[str], levels_b: Sequence[str]) -> list[tuple[str, str]]:
+    """The levels both methods ran, each against itself; if they share none, every level of A against every
+    level of B (e.g. ``tome`` at low and high against uncompressed ``lora``)."""
+    shared = [level for level in levels_a if level in levels_b]
+    if shared:
+        return [(level, level) for level in shared]
+    return [(a, b) for a in levels_a for b in levels_b]
+
+
+def compare_methods(runs: pd.DataFrame, a: Selector, b: Selector) -> pd.DataFrame:
+    """The paired test of A - B on each device and backbone, at the levels :func:`level_pairs` gives."""
+    labels = {stats.WORSE: f"{a.method} worse", stats.BETTER: f"{a.method} better",
+              stats.EQUIVALENT: "equivalent", stats.INCONCLUSIVE: "inconclusive"}
+    rows = []
+    for (device, backbone), group in runs.groupby(["device_name", "backbone"]):
+        levels = [_levels(group, selector) for selector in (a, b)]
+        for level_a, level_b in level_pairs(*levels):
+            result = stats.compare(_select(group, device, backbone, a.method, level_a),
+                                   _select(group, device, backbone, b.method, level_b))
+            rows.append({"device_name": device, "backbone": backbone, "a": str(Selector(a.method, level_a)),
+                         "b": str(Selector(b.method, level_b)), **_result_columns(result, labels)})
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def _levels(runs: pd.DataFrame, selector: Selector) -> list[str]:
+    found = set(runs.loc[runs["method"] == selector.method, "compression"])
+    wanted = found if selector.level is None else found & {selector.level}
+    return sorted(wanted, key=level_rank)

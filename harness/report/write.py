@@ -1,0 +1,78 @@
+"""One suite's report written into its folder: leaderboard, Pareto plots, the Adverse Compression table,
+``--compare`` tables and ``--baseline`` differences."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from .baseline import baseline_diff, baseline_summary, read_baseline
+from .board import leaderboard, missing_tasks
+from .paired import Selector, adverse_compression, compare_methods
+from .publish import clear_report_files
+from .schema import Methods
+from .tables import leaderboard_markdown, table_markdown
+
+
+@dataclass
+class SuiteReport:
+    """What one suite's report wrote and what the console should say about it."""
+
+    suite: str
+    folder: Path
+    board: pd.DataFrame
+    adverse: pd.DataFrame
+    comparisons: dict[str, pd.DataFrame] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    baseline: str | None = None
+    written: list[Path] = field(default_factory=list)
+
+
+def _write_table(frame: pd.DataFrame, markdown: str, folder: Path, stem: str) -> list[Path]:
+    csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
+    frame.to_csv(csv_path, index=False)
+    md_path.write_text(markdown)
+    return [csv_path, md_path]
+
+
+def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tuple[Selector, Selector]] = (),
+                       baseline: Path | None = None) -> SuiteReport:
+    """Leaderboard, Pareto plots, Adverse Compression table, comparisons and baseline differences of one
+    suite's runs, written into ``folder``."""
+    from .plots import write_pareto_plots  # matplotlib loads only when a report is made
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clear_report_files(folder)
+    suite = str(runs["suite"].iloc[0])
+    methods = Methods.of(runs)
+    board = leaderboard(runs)
+    report = SuiteReport(suite, folder, board, adverse_compression(runs))
+    report.warnings += [f"{label} lacks {', '.join(tasks)}: its averages over them are NaN"
+                        for label, tasks in missing_tasks(board).items()]
+    unpretrained = int((~runs["pretrained"].astype(bool)).sum()) if "pretrained" in runs else 0
+    if unpretrained:
+        report.warnings.append(f"{unpretrained} of {len(runs)} runs adapted a backbone without pretrained weights")
+    report.written += _write_table(board, leaderboard_markdown(board), folder, "leaderboard")
+    plots, skipped_plots = write_pareto_plots(board, folder, methods)
+    report.written += plots
+    report.warnings += skipped_plots
+    report.written += _write_table(report.adverse, table_markdown(report.adverse), folder, "adverse_compression")
+    for a, b in compare:
+        table = compare_methods(runs, a, b)
+        if table.empty:
+            report.warnings.append(f"--compare {a},{b}: no runs of both on one device and backbone in suite {suite}")
+            continue
+        stem = _file_safe(f"compare_{a}_vs_{b}")
+        report.comparisons[stem] = table
+        report.written += _write_table(table, table_markdown(table), folder, stem)
+    if baseline is not None:
+        diff = baseline_diff(board, read_baseline(baseline), methods)
+        report.baseline = baseline_summary(diff, str(baseline))
+        report.written += _write_table(diff, table_markdown(diff), folder, "baseline_diff")
+    return report
+
+
+def _file_safe(name: str) -> str:
+    return "".join(char if char.isalnum() or char in "._-" else "-" for char in name)

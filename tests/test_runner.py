@@ -1,0 +1,94 @@
+"""The executors' seam, the run store and what a run records about its device and host allocator."""
+import platform
+
+import pytest
+import torch
+
+import harness.measure
+from harness import isolated, runner
+from harness.config import RunConfig
+from harness.results import environment
+from harness.store import STATUS_OK, RunStore
+from harness.train import TrainConfig
+
+
+def config(seed: int = 0, device: str = "cpu") -> RunConfig:
+    return RunConfig("lora", "tiny_bright", "vit_micro_small_patch4_32", seed, "none", False, device,
+                     TrainConfig(epochs=1))
+
+
+def test_run_all_reuses_finished_runs_and_hands_the_others_to_its_executor(tmp_path):
+    store = RunStore(tmp_path)
+    done, todo = config(0), config(1)
+    store.write(done, {"key": done.key, "config": done.to_dict(), "status": STATUS_OK})
+    handed = []
+
+    def executor(run_config):
+        handed.append(run_config)
+        record = {"key": run_config.key, "config": run_config.to_dict(), "status": "failed", "reason": "stub"}
+        store.write(run_config, record)
+        return record
+
+    records = runner.run_all([done, todo], store, executor, log=lambda line: None)
+    assert handed == [todo] and [record["status"] for record in records] == [STATUS_OK, "failed"]
+    assert store.finished(done) is not None and store.finished(todo) is None
+    assert sorted(path.name for path in store.folder.glob("*.json")) == sorted(
+        [store.path(done).name, store.path(todo).name])
+
+
+def test_isolated_child_is_given_the_full_device_not_just_its_type(tmp_path):
+    """--device cuda:1 --isolate ran on cuda:0: the config keeps only the type, and the child re-resolved it."""
+    run_config = config(device="cuda")
+    command = runner.isolated_command(run_config, RunStore(tmp_path), torch.device("cuda", 1), ["plugin.py"], None)
+    assert command[command.index(str(tmp_path)) + 1] == "cuda:1"
+
+
+def test_isolated_child_runs_on_the_device_it_is_given(monkeypatch, tmp_path):
+    resolved, executed = [], []
+    monkeypatch.setattr(isolated, "resolve_device", lambda name: resolved.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(isolated, "load_tasks", lambda names, root: {name: object() for name in names})
+    monkeypatch.setattr(isolated, "execute", lambda *args: executed.append(args) or {"status": STATUS_OK})
+    run_config = config(device="cuda")
+    import json
+
+    assert isolated.main([json.dumps(run_config.to_dict()), str(tmp_path), "cuda:1", ""]) == 0
+    assert resolved == ["cuda:1"] and executed[0][0] == run_config
+
+
+def test_environment_records_the_device_with_its_index(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90000)
+    recorded = environment(torch.device("cuda", 1), "glibc default")
+    assert recorded["device"] == "cuda:1" and recorded["device_name"] == "Fake GPU"
+    assert recorded["cpu_allocator"] == "glibc default"
+
+
+@pytest.fixture
+def fresh_allocator_setting():
+    harness.measure.steady_host_allocator.cache_clear()
+    yield
+    harness.measure.steady_host_allocator.cache_clear()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_a_run_sets_the_host_allocator_before_anything_is_timed_and_records_it(
+        monkeypatch, fresh_allocator_setting, loaded_plugin, tmp_path):
+    calls = []
+    monkeypatch.setattr(harness.measure, "_mallopt", lambda parameter, value: calls.append(parameter) or True)
+
+    def pipeline(*args):
+        assert len(calls) == 2, "the allocator must be set before the run's first timed step"
+        return {"test_acc_best": 1.0}
+
+    monkeypatch.setattr(runner, "train_and_measure", pipeline)
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    record = runner.execute(config(), task, RunStore(tmp_path), torch.device("cpu"), lambda line: None)
+    assert record["status"] == STATUS_OK and "freed memory kept" in record["environment"]["cpu_allocator"]
+
+
+def test_environment_sets_nothing(monkeypatch, fresh_allocator_setting):
+    calls = []
+    monkeypatch.setattr(harness.measure, "_mallopt", lambda parameter, value: calls.append(parameter) or True)
+    environment(torch.device("cpu"), "recorded elsewhere")
+    assert calls == []

@@ -11,11 +11,11 @@ Public API::
 """
 from .adapt import adapt, merge_for_inference, record_info, set_lr_scale, set_trainable
 from .backbones import create_backbone, lora_rank_for  # importing it registers the micro ViTs with timm
-from .data import ArrayDataset, ImageListDataset, TaskData
+from .data import ArrayDataset, ImageList, TaskData
 from .errors import RunFailed, UserError
 from .registry import load_plugins, register_method, register_task
 
 __all__ = [
     "adapt", "merge_for_inference", "record_info", "set_lr_scale", "set_trainable", "create_backbone", "lora_rank_for", "ArrayDataset",
-    "ImageListDataset", "TaskData", "RunFailed", "UserError", "load_plugins", "register_method", "register_task",
+    "ImageList", "TaskData", "RunFailed", "UserError", "load_plugins", "register_method", "register_task",
 ]

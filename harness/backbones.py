@@ -1,4 +1,5 @@
-"""Backbones: the micro ViTs registered with timm, the known timm ViTs, and ``create_backbone``.
+"""Backbones: the micro ViTs registered with timm, the known timm ViTs, what the methods can patch, where
+pretrained weights are found on disk, and ``create_backbone``, which never asks the network for them.
 
 The micro ViTs are plain timm ``VisionTransformer`` instances at 32x32 input with patch 4 (64 patch tokens plus
 a class token, so token merging has tokens to merge). Their widths keep ViT-S/ViT-B's ratio (half the width,
@@ -10,18 +11,25 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
+import huggingface_hub
 import timm
 import torch
+from huggingface_hub.file_download import repo_folder_name
+from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives, hf_split  # timm's own hub file order
+from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
 from . import presets
 from .errors import UserError
+
 
 def lora_rank_for(embed_dim: int) -> int:
     """PYRA's rank for ViT-S/B/L widths (``backbones.toml``); otherwise about one rank per 96 channels (PYRA's
@@ -83,12 +91,18 @@ def shipped_weights(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
-def verify_shipped_weights(name: str) -> dict:
-    """Check the shipped file against the sha256 recorded when it was made; returns that record."""
+def _shipped_files(name: str) -> tuple[Path, Path]:
+    """The shipped weights of micro ViT ``name`` and their record (checksum, probe accuracy), both present."""
     record_path, weights_path = WEIGHTS_DIR / f"{name}.json", shipped_weights(name)
     if not record_path.is_file() or not weights_path.is_file():
         raise UserError(f"shipped weights for {name} are missing from {WEIGHTS_DIR}; restore them from git "
                         f"(git checkout -- harness/weights) or rebuild them with python -m harness.pretrain")
+    return weights_path, record_path
+
+
+def verify_shipped_weights(name: str) -> dict:
+    """Check the shipped file against the sha256 recorded when it was made; returns that record."""
+    weights_path, record_path = _shipped_files(name)
     record = json.loads(record_path.read_text())
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     if digest != record["sha256"]:
@@ -98,9 +112,10 @@ def verify_shipped_weights(name: str) -> dict:
 
 
 def _create_micro_vit(variant: str, pretrained: bool, **kwargs) -> VisionTransformer:
-    if pretrained:
+    shipped = str(shipped_weights(variant))
+    overlay = {"file": shipped, **(kwargs.pop("pretrained_cfg_overlay", None) or {})}
+    if pretrained and overlay["file"] == shipped:  # another file (--weights) has no recorded checksum to check
         verify_shipped_weights(variant)
-    overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), "file": str(shipped_weights(variant))}
     return build_model_with_cfg(VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 pretrained_cfg_overlay=overlay, **kwargs)
 
@@ -128,44 +143,171 @@ def has_pretrained_weights(name: str) -> bool:
     return bool(cfg and cfg.has_weights)
 
 
+def unsupported_structure(model: nn.Module) -> str | None:
+    """What in ``model`` the methods cannot patch, as a phrase after "backbone 'NAME'"; None when nothing.
+
+    LoRA wraps each block's fused ``attn.qkv`` linear; token merging and DiffRate swap the classes of timm's plain
+    ``Block`` and ``Attention`` for subclasses with their own forwards (any other block or attention would lose
+    what it adds); merging protects a class and a distillation token and nothing else (not register tokens).
+    """
+    if not isinstance(model, VisionTransformer):
+        return f"is a {type(model).__name__}, not a timm VisionTransformer"
+    for block in model.blocks:
+        if type(block) is not Block:
+            return f"has {type(block).__name__} blocks, not timm's plain Block"
+        if type(block.attn) is not Attention:
+            return f"has {type(block.attn).__name__} attention, not timm's plain Attention"
+        if getattr(block.attn, "gate", None) is not None:
+            return "has gated attention, which token merging's attention does not compute"
+    registers = model.num_prefix_tokens - int(model.cls_token is not None) - int(
+        getattr(model, "dist_token", None) is not None)
+    if registers:
+        return (f"has {registers} register tokens, which token merging would merge (it protects class and "
+                f"distillation tokens only)")
+    return None
+
+
 @functools.lru_cache(maxsize=None)
-def check_backbone_name(name: str) -> None:
-    """Refuse names timm does not know and models that are not ViTs, before any run starts."""
+def check_supported(name: str) -> None:
+    """Refuse, before any run, names timm does not know and architectures the methods cannot patch
+    (:func:`unsupported_structure`), as one line instead of an AttributeError deep in a method."""
     arch, _ = timm.models.split_model_name_tag(name)
     if not timm.is_model(arch):
         known = ", ".join(KNOWN_BACKBONES)
         raise UserError(f"unknown backbone '{name}'; known backbones: {known} (or any timm VisionTransformer name)")
     with torch.device("meta"):  # shapes only: no memory, no weights
         model = timm.create_model(arch, pretrained=False)
-    if not isinstance(model, VisionTransformer):
-        raise UserError(f"backbone '{name}' is a {type(model).__name__}, not a timm VisionTransformer; "
-                        f"adaptbench methods patch timm ViTs")
+    problem = unsupported_structure(model)
+    if problem is not None:
+        raise UserError(f"backbone '{name}' {problem}; adaptbench's methods patch timm VisionTransformers of "
+                        f"plain Block/Attention blocks (fused qkv), such as the backbones --list names")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin", ".npz")  # what timm's file loaders read
+
+
+def _weights_file(path: Path) -> Path:
+    """``path`` if it is an existing weights file, else the one-line reason it cannot be."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"--weights {path} does not exist; pass a safetensors file or a timm/torch checkpoint")
+    if not path.is_file():
+        raise UserError(f"--weights {path} is a folder; pass the weights file in it (safetensors, .pth, .pt, .bin)")
+    if not path.name.endswith(WEIGHT_SUFFIXES):
+        raise UserError(f"--weights {path} is not a weights file timm reads ({', '.join(WEIGHT_SUFFIXES)})")
+    return path
+
+
+def _hf_hub_filenames(cfg: PretrainedCfg) -> list[str]:
+    """The files timm's ``load_state_dict_from_hf`` asks the hub for, in its order (``timm/models/_hub.py``):
+    ``model.safetensors`` then ``pytorch_model.bin``, or the cfg's own ``hf_hub_filename`` after its safetensors
+    twin."""
+    filename = cfg.hf_hub_filename or HF_WEIGHTS_NAME
+    return [filename] if filename.endswith(".safetensors") else [*_get_safe_alternatives(filename), filename]
+
+
+def _hf_hub_cached(cfg: PretrainedCfg) -> tuple[Path | None, str]:
+    """The cached file of the cfg's hub repo (or None) and where it was looked for, for the message."""
+    repo, revision = hf_split(cfg.hf_hub_id)
+    cache = huggingface_hub.constants.HF_HUB_CACHE  # read now: tests and users may repoint it after import
+    for filename in _hf_hub_filenames(cfg):
+        found = huggingface_hub.try_to_load_from_cache(repo, filename, cache_dir=cache, revision=revision)
+        if isinstance(found, str):  # else None (not cached) or a marker that the hub lacks the file
+            return Path(found), ""
+    folder = Path(cache) / repo_folder_name(repo_id=repo, repo_type="model")
+    return None, f"the Hugging Face cache has no {repo} ({folder})"
+
+
+def _torch_hub_cached(cfg: PretrainedCfg) -> tuple[Path | None, str]:
+    """Where timm's ``download_cached_file`` keeps a ``url`` source, if it is there, and where that is."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+    return (path, "") if path.is_file() else (None, f"torch hub's cache has no {path}")
+
+
+def _download_hint(name: str) -> str:
+    return (f"download once on a machine with network: python -c \"import timm; timm.create_model('{name}', "
+            f"pretrained=True)\" then copy the cache folder here, or pass --weights PATH, or --no-pretrained")
+
+
+def resolve_weights(name: str, weights: Path | None = None) -> Path:
+    """The local file the pretrained weights of backbone ``name`` load from, found without network or retries.
+
+    ``weights`` when given (a safetensors file or a timm/torch checkpoint); else the shipped micro weights; else
+    timm's own sources as a download left them: the Hugging Face cache for an ``hf_hub_id`` (the files timm
+    tries, in its order), torch hub's checkpoint folder for a ``url``. Anything else is a one-line
+    :class:`UserError` at once: timm asking the hub instead costs ~46 s of retries per run offline.
+    """
+    if weights is not None:
+        return _weights_file(weights)
+    arch, _ = timm.models.split_model_name_tag(name)
+    if arch in default_cfgs:
+        return _shipped_files(arch)[0]
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    if cfg is None or not cfg.has_weights:
+        raise UserError(f"backbone '{name}' has no pretrained weights in timm, so it would start from a random "
+                        f"init; pass --no-pretrained to train it from scratch, or --weights PATH")
+    lookups = [lookup(cfg) for lookup, applies in ((_hf_hub_cached, cfg.hf_hub_id), (_torch_hub_cached, cfg.url))
+               if applies]
+    found = next((path for path, _ in lookups if path is not None), None)
+    if found is None:
+        where = " and ".join(where for _, where in lookups)
+        raise UserError(f"cannot load pretrained weights for '{name}' offline: {where}; {_download_hint(name)}")
+    return found
+
+
+def loads_weights(name: str, pretrained: bool | None, weights: Path | None = None) -> bool:
+    """Whether a backbone is created pretrained: ``pretrained``, where None means when weights are given or the
+    backbone has them (:func:`has_pretrained_weights`). Weights given with ``pretrained=False`` contradict."""
+    if weights is not None and pretrained is False:
+        raise UserError(f"weights {weights} were given for '{name}' together with --no-pretrained; drop one")
+    if pretrained is None:
+        return weights is not None or has_pretrained_weights(name)
+    return pretrained
 
 
 def create_backbone(name: str, num_classes: int, *, pretrained: bool | None = None, img_size: int | None = None,
-                    drop_path_rate: float = 0.0) -> VisionTransformer:
-    """Create a timm ViT for ``num_classes`` classes.
+                    drop_path_rate: float = 0.0, weights: Path | None = None) -> VisionTransformer:
+    """Create a timm ViT for ``num_classes`` classes, its pretrained weights read from a local file only.
 
-    ``pretrained=None`` loads weights when timm knows a source for them; ``img_size`` overrides the input size
-    (timm resamples the position embedding). Missing weights offline become a one-line :class:`UserError`.
+    ``pretrained`` as :func:`loads_weights` reads it; the weights come from ``weights`` or, without it, from the
+    file :func:`resolve_weights` finds, so no creation (a run's, or ``small_peft``'s smaller model's) ever
+    waits on the hub. ``img_size`` overrides the input size (timm resamples the position embedding).
     """
-    check_backbone_name(name)
-    if pretrained is None:
-        pretrained = has_pretrained_weights(name)
+    check_supported(name)
+    pretrained = loads_weights(name, pretrained, weights)
     kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate)
     if img_size is not None:
         kwargs["img_size"] = img_size
+    if pretrained:
+        file = resolve_weights(name, weights)
+        # An .npz (big_vision) file needs the model's own loader, any other timm's state-dict reader, whatever the
+        # cfg's source was (timm 1.0.31 resets custom_load for a file overlay, older timm keeps the cfg's).
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(file), custom_load=file.suffix == ".npz")
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:  # hub errors subclass these
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
         if not pretrained:
             raise
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise UserError(f"cannot load pretrained weights for '{name}' ({type(exc).__name__}"
-                        f"{', HF_HUB_OFFLINE is set' if offline else ''}); download them once on a machine with "
-                        f"network into the Hugging Face cache, or pass --no-pretrained") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load pretrained weights for '{name}' from {file} ({reason[:200]}); pass weights "
+                        f"of this architecture with --weights PATH, or --no-pretrained") from exc
+    if weights is not None and file.suffix != ".npz":  # the big_vision loader reads every array it needs
+        _check_body_loaded(model, name, file)
     model.adaptbench_pretrained = pretrained  # methods that build a second backbone (a smaller one) follow it
     return model
+
+
+def _check_body_loaded(model: VisionTransformer, name: str, file: Path) -> None:
+    """Refuse a weights file lacking some of the model's non-head tensors. timm loads non-strictly whenever the
+    head is new, so the file of another model would load as nothing: a silent random init."""
+    # timm's reading and ViT renames (DeiT's too: adapt_layer_scale is a no-op for other checkpoints)
+    state = checkpoint_filter_fn(timm.models.load_state_dict(str(file)), model, adapt_layer_scale=True)
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    heads = tuple(f"{head}." for head in ((classifiers,) if isinstance(classifiers, str) else classifiers))
+    missing = [key for key in model.state_dict() if key not in state and not key.startswith(heads)]
+    if missing:
+        raise UserError(f"--weights {file} lacks {len(missing)} of the tensors of '{name}' (e.g. {missing[0]}); "
+                        f"pass weights of this architecture, or --no-pretrained")
 
 
 def describe_backbones() -> dict[str, str]:

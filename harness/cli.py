@@ -19,10 +19,13 @@ from .backbones import describe_backbones
 from .errors import UserError
 from .vocabulary import NONE, named_levels
 from .measure import MeasureConfig, timing_presets
-from .plan import default_compression, describe_plan, load_tasks, plan_runs, resolve_device
+from .config import RunConfig
+from .data import TaskData
+from .plan import NORMALIZATIONS, default_compression, describe_plan, load_tasks, plan_runs, resolve_device
 from .results import summary_table
 from .runner import inline_executor, isolated_executor, run_all
 from .store import STATUS_OK, RunStore
+from .train import SELECTIONS
 
 if TYPE_CHECKING:
     from .report import SuiteReport
@@ -52,6 +55,16 @@ def _check_writable(out: Path) -> None:
             pass
     except OSError as exc:
         raise UserError(f"output folder {out} is not writable ({exc.strerror or exc}); choose another with --out")
+
+
+def _print_tasks(tasks: dict[str, TaskData]) -> None:
+    """Which folder and list files each task on disk uses, and why a task cannot run."""
+    for name, task in tasks.items():
+        files = task.identity.get("files")
+        if task.problem is not None:
+            click.echo(f"  {name}: cannot run, its runs are recorded as failed: {task.problem}")
+        elif files:
+            click.echo(f"  {name}: {task.identity['folder']} ({', '.join(files.values())})")
 
 
 def _print_listing() -> None:
@@ -137,6 +150,11 @@ DEFAULTS = presets.load("defaults")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate of AdamW.  [default: 1e-3]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch.")
+@click.option("--selection", type=click.Choice(SELECTIONS), default="test", show_default=True,
+              help="What picks the reported evaluation: test (PYRA's protocol: train on train + val, report the "
+                   "best test evaluation and the last) or val (train on train only, evaluate val and test each "
+                   "time, also record test_acc_at_best_val: a number no test accuracy helped to choose; needs "
+                   "VTAB-1k's train800.txt and val200.txt).")
 @click.option("--seeds", default="0", show_default=True,
               callback=lambda ctx, param, value: list(_parse_ints(value, "--seeds", minimum=0)),
               help="Comma-separated seeds; each gives one run per method and task.")
@@ -164,9 +182,22 @@ DEFAULTS = presets.load("defaults")
               help="CPU threads for torch (recorded in every row).  [default: torch's choice]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--pretrained/--no-pretrained", default=None,
-              help="Load backbone weights.  [default: when the backbone has weights]")
+              help="Load backbone weights, found on this machine only (the Hugging Face or torch hub cache, the "
+                   "shipped micro weights, or --weights), checked once before any run; a backbone without "
+                   "weights needs --no-pretrained.  [default: pretrained]")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="A local weights file for the backbone: safetensors, or a timm/torch checkpoint.")
 @click.option("--data-root", type=click.Path(path_type=Path), envvar="ADAPTBENCH_DATA", default=None,
               help="Folder holding on-disk datasets (VTAB-1k); also $ADAPTBENCH_DATA.")
+@click.option("--img-size", type=click.IntRange(min=8), default=None,
+              help="Image side the data is decoded or resized to.  [default: the task's own size for generated "
+                   "data, the backbone's pretrained input size for data on disk]")
+@click.option("--normalize", "normalization", type=click.Choice(NORMALIZATIONS), default="backbone",
+              show_default=True,
+              help="Mean/std of normalisation: the backbone's timm pretrained_cfg, or ImageNet's (what PYRA uses, "
+                   "also for orig_in21k weights whose cfg says 0.5); a task that declares its own keeps it.")
+@click.option("--check-images", is_flag=True,
+              help="Before any run, decode every listed image once (not just check that it exists).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
               help="Folder for the per-run JSON files and results.csv.")
 @click.option("--plugins", multiple=True,
@@ -188,11 +219,11 @@ def run(**options: object) -> None:
 
 
 def _main(methods: str, tasks: str, backbone: str | None, compression: str, epochs: int | None,
-          warmup_epochs: int | None, lr: float | None, batch_size: int, seeds: list[int],
+          warmup_epochs: int | None, lr: float | None, batch_size: int, selection: str, seeds: list[int],
           bench_batch: tuple[int, ...] | None, bench_preset: str, amp: str | None, compile_model: bool,
           flops_breakdown: bool, profile: bool, max_spread: float, refuse_noisy: bool, threads: int | None,
-          device: str, pretrained: bool | None,
-          data_root: Path | None, out: Path, plugins: tuple[str, ...], isolate: bool, force: bool,
+          device: str, pretrained: bool | None, weights: Path | None, data_root: Path | None, img_size: int | None,
+          normalization: str, check_images: bool, out: Path, plugins: tuple[str, ...], isolate: bool, force: bool,
           list_only: bool, dry_run: bool) -> int:
     plugin_sources = [source for value in plugins for source in _split(value)]
     registry.load_plugins(plugin_sources)
@@ -215,12 +246,15 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
         _check_writable(out)
     started = time.perf_counter()
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")
-    task_data = load_tasks(task_names, data_root)
-    overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size}
+    task_data = load_tasks(task_names, data_root, check_images)
+    _print_tasks(task_data)
+    overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size,
+                 "selection": selection}
     levels = None if compression is None else (_split(compression) or [NONE])
     configs = plan_runs(method_names, task_data, seeds=seeds, compressions=levels,
                         backbone=backbone, pretrained=pretrained, device=resolved_device,
-                        train_overrides=overrides, measure=measure)
+                        train_overrides=overrides, measure=measure, img_size=img_size,
+                        normalization=normalization, weights=weights)
     if dry_run:
         click.echo("\n".join(describe_plan(configs)))
         return 0
@@ -235,8 +269,10 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     records = run_all(configs, store, executor, force=force, log=click.echo)
     csv_path = store.write_csv()
     click.echo("\n" + summary_table(records) + "\n")
-    failed = sum(record["status"] != STATUS_OK for record in records)
-    click.echo(f"{len(records) - failed} ok, {failed} failed in {time.perf_counter() - started:.0f}s. "
+    failed = [record for record in records if record["status"] != STATUS_OK]
+    for record in failed:
+        click.echo(f"FAILED {RunConfig.from_dict(record['config']).label}: {record.get('reason')}")
+    click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed in {time.perf_counter() - started:.0f}s. "
                f"Per-run files: {out}/*.json; all runs: {csv_path}")
     return 1 if failed else 0
 
@@ -279,26 +315,33 @@ def _migrate(runs: tuple[Path, ...], plugins: tuple[str, ...], data_root: Path |
 @click.option("--publish", is_flag=True,
               help="Copy each suite's leaderboard, Pareto plots and Adverse Compression table into "
                    "results/<suite>/ with provenance.json ($ADAPTBENCH_RESULTS replaces results/).")
+# The names of harness.report.ACCURACIES, not imported here: pandas loads only for the report (a test checks them).
+@click.option("--accuracy", type=click.Choice(["best", "last", "at-best-val"]), default="best", show_default=True,
+              help="The per-run accuracy every table, average, plot and test uses: best (test_acc_best, the best "
+                   "periodic test evaluation, as PYRA and V-PETL Bench report), last (test_acc_last, free of test "
+                   "selection) or at-best-val (test_acc_at_best_val: test accuracy at the best val evaluation of "
+                   "runs trained with --selection val; other runs are skipped).")
 @click.option("--plugins", multiple=True,
               help="Ignored: run files describe their own tasks and methods (kept so old command lines still work)")
 def report(**options: object) -> None:
     """Leaderboard, Pareto plots and the Adverse Compression test of the finished runs in RUNS (folders of
     run files; default: runs).
 
-    Files that are not finished runs (running, failed, damaged or foreign JSON) are listed with the reason
-    and left out. Exit code: 0 report written, 2 bad input or nothing to report.
+    Files that are not finished runs (running, failed, damaged or foreign JSON), or that lack the --accuracy
+    chosen, are listed with the reason and left out. Every file says which accuracy it holds (a non-default
+    one: an `accuracy` column in the CSVs). Exit code: 0 report written, 2 bad input or nothing to report.
     """
     _exit_with(lambda: _report(**options))
 
 
 def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], baseline: Path | None,
-            publish: bool, plugins: tuple[str, ...]) -> int:
+            publish: bool, accuracy: str, plugins: tuple[str, ...]) -> int:
     from . import report as analysis  # pandas, scipy and matplotlib load only for the report
 
     del plugins  # run files describe their own tasks and methods: no plugin is needed to report on them
     comparisons = [analysis.parse_compare(text) for text in compare]
     folders = list(runs) or [Path("runs")]
-    frame, skipped = analysis.load_runs(folders)
+    frame, skipped = analysis.load_runs(folders, accuracy)
     for item in skipped:
         click.echo(f"skipped {item}")
     if frame.empty:
@@ -309,10 +352,11 @@ def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], 
     root = click.get_current_context().find_root()
     command = shlex.join([root.info_name or "run.py", *root.meta.get(_ARGV, [])])
     for suite, suite_runs in frame.groupby("suite"):
-        result = analysis.write_suite_report(suite_runs, out / suite, compare=comparisons, baseline=baseline)
+        result = analysis.write_suite_report(suite_runs, out / suite, compare=comparisons, baseline=baseline,
+                                             accuracy=accuracy)
         _print_suite(result)
         if publish:
-            target = analysis.publish(result, analysis.provenance(suite_runs, skipped, command))
+            target = analysis.publish(result, analysis.provenance(suite_runs, skipped, command, accuracy))
             click.echo(f"Published to {target}/")
     return 0
 
@@ -320,12 +364,14 @@ def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], 
 def _print_suite(result: SuiteReport) -> None:
     from . import report as analysis
 
-    click.echo(f"\n== {result.suite}: {result.board['runs'].sum()} runs, {len(result.board)} leaderboard rows ==\n")
+    click.echo(f"\n== {result.suite}: {result.board['runs'].sum()} runs, {len(result.board)} leaderboard rows; "
+               f"{analysis.accuracy_title(result.accuracy)} ==\n")
     click.echo(analysis.console_leaderboard(result.board))
     for warning in result.warnings:
         click.echo(f"note: {warning}")
-    tables = {"Adverse Compression (compressed - small-model baseline, accuracy points)": result.adverse,
-              **{f"{stem} (A - B, accuracy points)": table for stem, table in result.comparisons.items()}}
+    points = f"accuracy points, {result.accuracy.label}"
+    tables = {f"Adverse Compression (compressed - small-model baseline, {points})": result.adverse,
+              **{f"{stem} (A - B, {points})": table for stem, table in result.comparisons.items()}}
     for title, table in tables.items():
         if not table.empty:
             click.echo(f"\n{title}:\n" + analysis.verdict_lines(table))

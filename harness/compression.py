@@ -48,7 +48,7 @@ def schedule_gmacs(model: VisionTransformer, schedule: list[int] | None = None) 
     """GMACs of one image through ``model`` merging ``schedule[i]`` tokens in block i (fvcore convention).
 
     Counts what :func:`harness.measure.count_gmacs` counts: patch-embedding conv, LayerNorms (5 per element),
-    qkv/proj/MLP linears, the two attention matmuls, ToMe's matching matmul, and the head on the class token.
+    qkv/proj/MLP linears, the two attention matmuls, ToMe's matching matmul, and the heads (:func:`head_macs`).
     """
     schedule = schedule or [0] * len(model.blocks)
     dim = model.embed_dim
@@ -64,8 +64,13 @@ def schedule_gmacs(model: VisionTransformer, schedule: list[int] | None = None) 
             macs += math.ceil(tokens / 2) * (tokens // 2) * head_dim
         tokens -= r
         macs += 5 * tokens * dim + 2 * tokens * dim * hidden
-    macs += 5 * tokens * dim + dim * getattr(model.head, "out_features", 0)
-    return macs / 1e9
+    return (macs + 5 * tokens * dim + head_macs(model)) / 1e9
+
+
+def head_macs(model: VisionTransformer) -> int:
+    """MACs of the classifier: the head on the class token plus, on DeiT distilled, ``head_dist`` on its token."""
+    heads = (model.head, getattr(model, "head_dist", None))
+    return model.embed_dim * sum(getattr(head, "out_features", 0) for head in heads)
 
 
 def _shape_weights(depth: int) -> np.ndarray:

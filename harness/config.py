@@ -1,4 +1,5 @@
-"""The full description of one run. Its hash names the run's result file, so equal configs share one file."""
+"""The full description of one run. Its hash names the run's result file, so equal configs share one file and
+a config that differs in anything (the data's fingerprint included) is another run, never a reuse."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,29 @@ import json
 import re
 from dataclasses import dataclass
 
-from .vocabulary import is_uncompressed
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from .measure import MeasureConfig
 from .train import TrainConfig
+from .vocabulary import is_uncompressed
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What data a run sees and how: the data's ``fingerprint`` (:attr:`harness.data.TaskData.fingerprint`), the
+    size images are decoded or resized to and with which filter, and the normalisation (``normalization`` says
+    where ``mean``/``std`` came from: the backbone's pretrained config, ImageNet's, or the task's own)."""
+
+    fingerprint: str = ""
+    img_size: int = 0
+    interpolation: str = "bicubic"
+    normalization: str = "backbone"
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
+
+
+def _tuples(fields: dict) -> dict:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
 
 
 @dataclass(frozen=True)
@@ -23,14 +44,18 @@ class RunConfig:
     device: str
     train: TrainConfig
     measure: MeasureConfig = MeasureConfig()
+    data: DataConfig = DataConfig()
+    weights: str = ""  # a local weights file given with --weights; "" when timm's (or the shipped) ones load
+    weights_sha256: str = ""  # of that file: the same path holding other weights is another run
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, fields: dict) -> "RunConfig":
-        measure = {key: tuple(value) if isinstance(value, list) else value for key, value in fields["measure"].items()}
-        return cls(**{**fields, "train": TrainConfig(**fields["train"]), "measure": MeasureConfig(**measure)})
+        return cls(**{**fields, "train": TrainConfig(**fields["train"]),
+                      "measure": MeasureConfig(**_tuples(fields["measure"])),
+                      "data": DataConfig(**_tuples(fields.get("data", {})))})
 
     @property
     def key(self) -> str:

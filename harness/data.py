@@ -1,18 +1,36 @@
-"""What a task hands the harness: uint8 image datasets plus the facts needed to train on them."""
+"""What a task hands the harness: its splits and the facts needed to train on them, and the identity of its data.
+
+A split is either images in memory (:class:`ArrayDataset`, uint8) or images on disk listed in a text file
+(:class:`ImageList`, the VTAB-1k layout). Before a run trains, every listed split is decoded once, in this
+process, at the size the run's backbone takes (:meth:`TaskData.at_size`), into a uint8 cache on disk that later
+runs map back in; a corrupt image therefore fails with one line naming the file, before the first step, never
+as a DataLoader worker's traceback in the middle of training.
+"""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
-from dataclasses import dataclass
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from .errors import UserError
+from .store import replace_atomically
+
+SPLITS = ("train", "val", "test")
+MISSING_SHOWN = 3  # missing images named in the message; the count says how many more
+# PIL's resampling filters by the name timm's pretrained_cfg["interpolation"] uses.
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                  "lanczos": Image.LANCZOS}
 
 
 class ArrayDataset(Dataset):
@@ -33,71 +51,247 @@ class ArrayDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
+    def resized(self, size: int) -> "ArrayDataset":
+        """The same images at ``size`` x ``size`` (bicubic with antialiasing, as PIL resizes listed images)."""
+        if self.images.shape[-1] == size and self.images.shape[-2] == size:
+            return self
+        resized = F.interpolate(self.images.float(), size=(size, size), mode="bicubic", antialias=True)
+        return ArrayDataset(resized.round().clamp(0, 255).to(torch.uint8), self.labels)
 
-class ImageListDataset(Dataset):
+
+@dataclass(frozen=True)
+class ImageList:
     """Images on disk listed in a text file of ``relative/path label`` lines (the VTAB-1k layout).
 
-    Images are resized straight to ``image_size`` (bicubic, no crop), as PYRA does.
+    A line is split at its last run of white space (spaces or tabs; leading and trailing white space ignored), so
+    a path may contain spaces. It is decoded by :func:`decode` before training, never inside a DataLoader.
     """
 
-    in_memory = False
+    root: Path
+    list_file: Path
+    samples: tuple[tuple[str, int], ...]
+    line_numbers: tuple[int, ...]  # of each sample in the list file, for messages
 
-    def __init__(self, root: Path, list_file: Path, image_size: int) -> None:
-        self.root, self.image_size = root, image_size
-        self.samples: list[tuple[str, int]] = []
-        for line_number, line in enumerate(list_file.read_text().splitlines(), 1):
+    @classmethod
+    def read(cls, root: Path, list_file: Path) -> "ImageList":
+        samples, numbers = [], []
+        for number, line in enumerate(list_file.read_text().splitlines(), 1):
             if not line.strip():
                 continue
-            path, _, label = line.strip().rpartition(" ")
-            if not path or not label.lstrip("-").isdigit():
-                raise UserError(f"{list_file}:{line_number}: expected 'path label', got {line.strip()!r}; "
-                                f"fix or regenerate the list file")
-            self.samples.append((path, int(label)))
+            parts = line.strip().rsplit(None, 1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise UserError(f"{list_file}:{number}: expected 'path label', got {line.strip()!r}; fix or "
+                                f"regenerate the list file")
+            samples.append((parts[0], int(parts[1])))
+            numbers.append(number)
+        return cls(root, list_file, tuple(samples), tuple(numbers))
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        relative, label = self.samples[index]
-        path = self.root / relative
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
-        except FileNotFoundError:
-            raise UserError(f"image listed but missing: {path}; re-extract the dataset") from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"corrupt image {path} ({exc}); re-extract or replace that file") from None
-        array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return array, torch.tensor(label, dtype=torch.int64)
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([label for _, label in self.samples], dtype=np.int64)
+
+
+Split = Dataset | ImageList
+
+
+def _size_of(split: Split | None) -> int | None:
+    return None if split is None else len(split)
 
 
 @dataclass
 class TaskData:
-    """One task's splits. PYRA trains on train + val (VTAB-1k's train800val200) and reports test accuracy."""
+    """One task's splits. PYRA trains on train + val (VTAB-1k's ``train800val200``) and reports test accuracy.
 
-    train: Dataset
-    val: Dataset
-    test: Dataset
+    ``image_size`` None means the task has no size of its own (images on disk): it is decoded at the size the run's
+    backbone takes. ``mean``/``std`` None means the run's normalisation decides (the backbone's, by default).
+    ``trainval`` is one split holding train + val where the data ships it as one list (VTAB-1k's
+    ``train800val200.txt``); ``train`` and ``val`` may then be None. ``identity`` says where the data came from
+    (recorded in every run; its ``fingerprint`` is part of the run key), and ``problem``, when set, why the task
+    cannot run: its runs are recorded as failed with that reason and the other tasks go on.
+    """
+
+    train: Split | None
+    val: Split | None
+    test: Split | None
     num_classes: int
-    image_size: int
-    default_backbone: str
+    image_size: int | None
+    default_backbone: str | None
     default_epochs: int = 100
-    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
-    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    trainval: Split | None = None
+    identity: dict = field(default_factory=dict)
+    problem: str | None = None
+
+    @classmethod
+    def unavailable(cls, problem: str) -> "TaskData":
+        """A task whose data could not be had at all: nothing but the reason."""
+        return cls(None, None, None, 0, None, None, problem=problem)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.identity.get("fingerprint", ""))
 
     @property
     def train_and_val(self) -> Dataset:
-        return ConcatDataset([self.train, self.val])
+        if self.trainval is not None:
+            return self.trainval
+        return ConcatDataset([split for split in (self.train, self.val) if split is not None])
 
+    def split_sizes(self) -> dict[str, int | None]:
+        sizes = {split: _size_of(getattr(self, split)) for split in SPLITS}
+        if self.trainval is not None:
+            sizes["trainval"] = len(self.trainval)
+        return sizes
+
+    def listed_splits(self) -> dict[str, ImageList]:
+        """The splits that are image lists on disk, by name."""
+        return {name: split for name in (*SPLITS, "trainval")
+                if isinstance(split := getattr(self, name), ImageList)}
+
+    def at_size(self, size: int, interpolation: str = "bicubic") -> "TaskData":
+        """Every split as images in memory at ``size`` x ``size``: listed ones decoded once (cached on disk), arrays
+        resized when their size differs."""
+        def materialize(split: Split | None) -> Dataset | None:
+            if isinstance(split, ImageList):
+                return decoded(split, size, interpolation)
+            return split.resized(size) if isinstance(split, ArrayDataset) else split
+
+        return dataclasses.replace(self, image_size=size, **{name: materialize(getattr(self, name))
+                                                             for name in (*SPLITS, "trainval")})
+
+
+def fingerprint(parts: Iterable[str | bytes]) -> str:
+    """A short stable hash of ``parts``: what makes other data another run."""
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+def content_identity(task: TaskData) -> dict:
+    """For a task that says nothing of where its data came from: a fingerprint of the images and labels it holds
+    (tasks whose splits are in memory; cheap at VTAB-1k's sizes)."""
+    parts = []
+    for name in (*SPLITS, "trainval"):
+        split = getattr(task, name)
+        if isinstance(split, ArrayDataset):
+            parts += [name, split.images.numpy().tobytes(), split.labels.numpy().tobytes()]
+    return {"fingerprint": fingerprint(parts)} if parts else {}
+
+
+def list_identity(folder: Path, lists: dict[str, Path]) -> dict:
+    """Where listed data came from: its folder, the list files used, and a fingerprint of the folder and of those
+    files' contents (a copy of the data elsewhere is another run: it may hold other images under the same names)."""
+    contents = [part for split, path in sorted(lists.items()) for part in (split, path.name, path.read_bytes())]
+    return {"folder": str(folder.resolve()), "files": {split: path.name for split, path in lists.items()},
+            "fingerprint": fingerprint([str(folder.resolve()), *contents])}
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+def check_task(task: TaskData, check_images: bool = False) -> str | None:
+    """Why a task's listed data cannot be trained on (one line naming the file, and line where there is one),
+    or None: every list non-empty, every label an integer in ``[0, classes)``, every image present (a stat), and
+    with ``check_images`` every image decodable."""
+    for split in task.listed_splits().values():
+        problem = (_empty(split) or _bad_label(split, task.num_classes) or _missing(split)
+                   or (_undecodable(split) if check_images else None))
+        if problem:
+            return problem
+    return None
+
+
+def _empty(split: ImageList) -> str | None:
+    return None if len(split) else f"{split.list_file} lists no images; regenerate it (VTAB-1k: get_vtab1k.py)"
+
+
+def _bad_label(split: ImageList, num_classes: int) -> str | None:
+    for (_, label), number in zip(split.samples, split.line_numbers):
+        if not 0 <= label < num_classes:
+            return (f"{split.list_file}:{number}: label {label} is outside 0..{num_classes - 1} (the task has "
+                    f"{num_classes} classes); fix the list file or check that the folder is the right task")
+    return None
+
+
+def _missing(split: ImageList) -> str | None:
+    missing = [path for path, _ in split.samples if not (split.root / path).is_file()]
+    if not missing:
+        return None
+    shown = ", ".join(missing[:MISSING_SHOWN]) + (", ..." if len(missing) > MISSING_SHOWN else "")
+    return (f"{len(missing)} of {len(split)} images listed in {split.list_file} are missing under {split.root} "
+            f"({shown}); re-extract the dataset")
+
+
+def _decode_one(path: Path, size: int | None, interpolation: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if size is not None:
+                image = image.resize((size, size), INTERPOLATIONS[interpolation])
+            return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    except FileNotFoundError:
+        raise UserError(f"image listed but missing: {path}; re-extract the dataset") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "broken"
+        raise UserError(f"corrupt image {path} ({type(exc).__name__}: {' '.join(str(exc).split())}); re-extract "
+                        f"or replace that file") from None
+
+
+def _undecodable(split: ImageList) -> str | None:
+    try:
+        _map_images(split, lambda path: _decode_one(path, None, "bicubic"))
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def _map_images(split: ImageList, decode_one: Callable[[Path], np.ndarray]) -> list[np.ndarray]:
+    """Decode in threads (PIL releases the GIL while decoding and resizing); the first failure, in list order,
+    is raised."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(decode_one, [split.root / path for path, _ in split.samples]))
+
+
+# ------------------------------------------------------------------------------------------------- decoding
+
+def decode(split: ImageList, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """Every listed image as uint8 (N, 3, size, size), resized straight to the square (no crop), as PYRA does."""
+    if interpolation not in INTERPOLATIONS:
+        raise UserError(f"unknown interpolation '{interpolation}'; use one of {', '.join(INTERPOLATIONS)}")
+    return np.stack(_map_images(split, lambda path: _decode_one(path, size, interpolation)))
+
+
+def _stamp(split: ImageList) -> str:
+    """The list and every image's size and modification time: a decoded cache is stale when any changes."""
+    stats = [(path, (split.root / path).stat()) for path, _ in split.samples]
+    return fingerprint([str(split.root.resolve()), split.list_file.read_bytes(),
+                        *(f"{path}:{stat.st_size}:{stat.st_mtime_ns}" for path, stat in stats)])
+
+
+def decoded(split: ImageList, size: int, interpolation: str = "bicubic") -> ArrayDataset:
+    """:func:`decode`, cached as ``<cache>/decoded/<stamp>-<size>-<interpolation>.npy`` (written atomically, mapped
+    back copy-on-write, so later runs and parallel jobs read it without decoding)."""
+    path = cache_dir() / "decoded" / f"{_stamp(split)}-{size}-{interpolation}.npy"
+    if path.exists():
+        try:
+            return ArrayDataset(np.load(path, mmap_mode="c"), split.labels)
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # damaged cache: decode again
+    images = decode(split, size, interpolation)
+    replace_atomically(path, _writer(np.save, images))
+    return ArrayDataset(images, split.labels)
+
+
+# -------------------------------------------------------------------------------------------------- loading
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Seeded loader; disk datasets decode in worker processes, in-memory ones in the main process."""
-    in_memory = all(getattr(part, "in_memory", False)
-                    for part in getattr(dataset, "datasets", [dataset]))
-    workers = 0 if in_memory else min(8, os.cpu_count() or 1)
+    """Seeded loader over decoded (in-memory) data: no worker processes, whose tracebacks would bury a bad file."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
-                      persistent_workers=workers > 0)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
 
 
 class Normalize:
@@ -113,8 +307,17 @@ class Normalize:
         return (images - self.mean) / self.std
 
 
+def _writer(save: Callable, *args, **kwargs) -> Callable[[str], None]:
+    """``save(handle, ...)`` into a file handle: numpy would add its own suffix to a temporary file's name."""
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as handle:
+            save(handle, *args, **kwargs)
+
+    return write
+
+
 def cache_dir() -> Path:
-    """Where generated task data is kept: $ADAPTBENCH_CACHE, else ~/.cache/adaptbench."""
+    """Where generated and decoded task data is kept: $ADAPTBENCH_CACHE, else ~/.cache/adaptbench."""
     return Path(os.environ.get("ADAPTBENCH_CACHE", Path.home() / ".cache" / "adaptbench"))
 
 
@@ -125,12 +328,8 @@ def cached_arrays(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict
         try:
             with np.load(path) as stored:
                 return {key: stored[key] for key in stored.files}
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # a truncated or foreign file
             path.unlink(missing_ok=True)  # damaged cache: rebuild it
     arrays = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(temporary, path)
+    replace_atomically(path, _writer(np.savez, **arrays))
     return arrays

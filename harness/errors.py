@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class RunFailed(Exception):
     """A single run cannot go on (e.g. the loss became NaN). The runner records it as failed and goes on."""
+
+
+class BadOption(UserError):
+    """Bad input on the command line itself (e.g. a task that needs --data-root without it): it stops everything
+    before any run, where a task's bad data only fails that task's runs."""

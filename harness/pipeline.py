@@ -21,7 +21,7 @@ from .config import RunConfig
 from .data import Normalize, TaskData, make_loader
 from .measure import (MeasureConfig, autocast, count_gmacs, count_parameters, deployed_throughput, gmacs_per_block,
                       measure_until_quiet, peak_memory, silence_native_stderr)
-from .train import Trainer, build_optimizer, fit
+from .train import Trainer, build_optimizer, fit, selection_splits
 
 Log = Callable[[str], None]
 TEST_BATCH = 256
@@ -75,7 +75,7 @@ def profile_steps(step: Callable[[], object], device: torch.device, folder: Path
 class ScalarWriter:
     """Each epoch's loss, learning rate and test accuracy as TensorBoard scalars (nothing without a folder)."""
 
-    TAGS = (("loss", "train/loss"), ("lr", "train/lr"), ("test_acc", "test/acc"))
+    TAGS = (("loss", "train/loss"), ("lr", "train/lr"), ("val_acc", "val/acc"), ("test_acc", "test/acc"))
 
     def __init__(self, run_dir: Path | None) -> None:
         self.writer = None
@@ -106,11 +106,15 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     """Everything one run does between its config and its metrics; ``run_dir`` receives its TensorBoard
     scalars and, with ``--profile``, its profiler traces."""
     seed_everything(config.seed)
+    task = task.at_size(config.data.img_size, config.data.interpolation)  # decoded here, before anything trains
     model = create_backbone(config.backbone, task.num_classes, pretrained=config.pretrained,
-                            img_size=task.image_size, drop_path_rate=config.train.drop_path)
-    normalize = Normalize(task.mean, task.std, device)
-    train_loader = make_loader(task.train_and_val, config.train.batch_size, shuffle=True, seed=config.seed)
+                            img_size=task.image_size, drop_path_rate=config.train.drop_path,
+                            weights=Path(config.weights) if config.weights else None)
+    normalize = Normalize(config.data.mean, config.data.std, device)
+    train_split, val_split = selection_splits(task, config.train.selection)
+    train_loader = make_loader(train_split, config.train.batch_size, shuffle=True, seed=config.seed)
     test_loader = make_loader(task.test, TEST_BATCH, shuffle=False)
+    val_loader = None if val_split is None else make_loader(val_split, TEST_BATCH, shuffle=False)
     backbone_ids = {id(p) for p in model.parameters()}
     context = run_context(config, train_loader, normalize)
     model = adapt(model.to(device), config.method, config.compression, **context).to(device)
@@ -127,7 +131,7 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     seed_everything(config.seed)
     writer = ScalarWriter(run_dir)
     try:
-        result = fit(trainer, train_loader, test_loader, config.train, log, on_epoch=writer)
+        result = fit(trainer, train_loader, test_loader, config.train, log, on_epoch=writer, val_loader=val_loader)
     finally:
         writer.close()
 
@@ -143,7 +147,8 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     if config.measure.flops_breakdown:
         inference["gmacs_per_block"] = ",".join(f"{g:.5g}" for g in gmacs_per_block(model, task.image_size, device))
     return {
-        "test_acc_best": result.test_acc_best, "test_acc_last": result.test_acc_last, **inference,
+        "test_acc_best": result.test_acc_best, "test_acc_last": result.test_acc_last,
+        "val_acc_best": result.val_acc_best, "test_acc_at_best_val": result.test_acc_at_best_val, **inference,
         "train_img_per_s": result.train_img_per_s, "train_seconds": result.train_seconds,
         "train_peak_mem_mb": train_mem.mb, "infer_peak_mem_mb": infer_mem.mb, "mem_method": train_mem.method,
         "train_peak_reserved_mb": train_mem.reserved_mb, "infer_peak_reserved_mb": infer_mem.reserved_mb,

@@ -2,21 +2,28 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Sequence
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from . import presets, registry
 from .adapt import adapt
-from .backbones import check_backbone_name, has_pretrained_weights
-from .config import RunConfig
-from .data import TaskData
-from .errors import UserError
+from .backbones import KNOWN_BACKBONES, smaller_in_family
+from .config import DataConfig, RunConfig
+from .data import TaskData, check_task, content_identity
+from .errors import BadOption, UserError
 from .vocabulary import NONE
 from .measure import MeasureConfig
+from .preflight import preflight
+from .vocabulary import SMALL_MODEL_BASELINE
 from .train import TrainConfig
+
+
+UNAVAILABLE = "unavailable"  # the backbone of a broken task's failed runs when neither it nor --backbone names one
 
 
 def default_compression() -> tuple[str, ...]:
@@ -38,14 +45,58 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_tasks(names: Sequence[str], data_root: Path | None) -> dict[str, TaskData]:
-    """Build (or read from cache) every task's data before any run starts, so data problems stop us early."""
-    return {name: registry.get_task(name).fn(data_root) for name in names}
+def load_tasks(names: Sequence[str], data_root: Path | None, check_images: bool = False) -> dict[str, TaskData]:
+    """Build (or read from cache) every task's data and check it before any run starts.
+
+    A task whose data cannot be had or is bad keeps its ``problem`` (one line naming the file), so its runs are
+    recorded as failed with that reason while the other tasks run.
+    """
+    tasks = {}
+    for name in names:
+        try:
+            task = registry.get_task(name).fn(data_root)
+        except BadOption:
+            raise
+        except UserError as exc:
+            task = TaskData.unavailable(str(exc))
+        if task.problem is None:
+            task.problem = check_task(task, check_images)
+        if not task.identity:
+            task.identity = content_identity(task)
+        tasks[name] = task
+    return tasks
+
+
+NORMALIZATIONS = ("backbone", "imagenet")
+
+
+def data_config(task: TaskData, backbone: str, img_size: int | None, normalization: str) -> DataConfig:
+    """Size, filter and normalisation of a task's images for ``backbone``.
+
+    Size: ``img_size`` if given, else the task's own (images in memory), else the backbone's pretrained input size
+    (images on disk), so ViT-B/16 gets 224 and a micro ViT 32. Normalisation: the task's own mean/std where it
+    declares them; else ``backbone`` (its timm ``pretrained_cfg``) or ``imagenet``. PYRA normalises
+    ``orig_in21k`` weights with ImageNet's mean/std although timm declares 0.5 for them: ``imagenet`` follows it.
+    """
+    if task.problem is not None:
+        return DataConfig(fingerprint=task.fingerprint)
+    cfg = timm.models.get_pretrained_cfg(backbone, allow_unregistered=True)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    size = img_size or task.image_size or cfg.get("input_size", (3, 224, 224))[-1]
+    if task.mean is not None and task.std is not None:
+        source, mean, std = "task", task.mean, task.std
+    elif normalization == "backbone" and cfg.get("mean") and cfg.get("std"):
+        source, mean, std = "backbone", cfg["mean"], cfg["std"]
+    else:
+        source, mean, std = "imagenet", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    return DataConfig(task.fingerprint, int(size), cfg.get("interpolation") or "bicubic", source,
+                      tuple(mean), tuple(std))
 
 
 def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequence[int],
               compressions: Sequence[str] | None, backbone: str | None, pretrained: bool | None, device: torch.device,
-              train_overrides: dict, measure: MeasureConfig = MeasureConfig()) -> list[RunConfig]:
+              train_overrides: dict, measure: MeasureConfig = MeasureConfig(), img_size: int | None = None,
+              normalization: str = "backbone", weights: Path | None = None) -> list[RunConfig]:
     """The cross product methods x compressions x tasks x seeds, each with every setting resolved.
 
     ``compressions=None`` runs compressing methods at :func:`default_compression`. Every (method, level,
@@ -57,11 +108,15 @@ def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequ
     if compressions is not None and list(compressions) != [NONE] and not any(spec.compresses for spec in specs):
         raise UserError(f"--compression {','.join(compressions)} was asked for, but none of "
                         f"{', '.join(methods)} compresses; add a compressing method (see --list) or drop it")
+    backbones = [backbone or task.default_backbone for task in tasks.values() if task.problem is None]
+    found = preflight(backbones, pretrained, weights, also=_smaller_models(backbones, specs))
+    weights_fields = {"weights": str(weights.resolve()), "weights_sha256": _sha256(weights)} if weights else {}
     configs = []
     for task_name, task in tasks.items():
-        task_backbone = backbone or task.default_backbone
-        check_backbone_name(task_backbone)
-        use_pretrained = has_pretrained_weights(task_backbone) if pretrained is None else pretrained
+        task_backbone = backbone or task.default_backbone or UNAVAILABLE
+        usable = task.problem is None
+        use_pretrained = found[task_backbone] is not None if usable else bool(pretrained)
+        data = data_config(task, task_backbone, img_size, normalization)
         epochs = train_overrides.get("epochs") or task.default_epochs
         defaults = {"epochs": epochs, "warmup_epochs": round(epochs / 10), "eval_every": max(1, epochs // 10)}
         train = TrainConfig(**{**defaults, **{k: v for k, v in train_overrides.items() if v is not None}})
@@ -70,17 +125,35 @@ def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequ
         for spec in specs:
             levels = list(compressions or default_compression()) if spec.compresses else [NONE]
             for level in levels:
-                _check_adapts(spec.name, level, task_backbone, task)
+                if usable:
+                    _check_adapts(spec.name, level, task_backbone, data.img_size, task.num_classes)
                 for seed in seeds:
                     configs.append(RunConfig(spec.name, task_name, task_backbone, seed, level, use_pretrained,
-                                             device.type, train, measure))
+                                             device.type, train, measure, data, **weights_fields))
     return configs
 
 
-def _check_adapts(method: str, compression: str, backbone: str, task: TaskData) -> None:
+def _smaller_models(backbones: Sequence[str], specs: Sequence) -> list[str]:
+    """The backbones a small-model baseline may create besides the planned ones: the smaller members of each
+    planned backbone's family."""
+    if not any(spec.role == SMALL_MODEL_BASELINE for spec in specs):
+        return []
+    return [smaller.name for name in dict.fromkeys(backbones) if name in KNOWN_BACKBONES
+            for smaller in smaller_in_family(KNOWN_BACKBONES[name])]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_adapts(method: str, compression: str, backbone: str, img_size: int, num_classes: int) -> None:
     """Adapt a weightless (meta-device) model: bad compression levels or options fail before any run."""
     with torch.device("meta"):
-        model = timm.create_model(backbone, pretrained=False, num_classes=task.num_classes, img_size=task.image_size)
+        model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, img_size=img_size)
         adapt(model, method, compression)
 
 

@@ -71,23 +71,31 @@ def environment(device: torch.device, cpu_allocator: str) -> dict:
 
 
 def flatten(record: dict) -> dict:
-    """One flat row: config fields, train (``train_``) and measurement (``measure_``) settings, what the run
-    recorded of its method (``method_compresses``, ``method_role``, ``method_order``) and task (``suite``,
-    ``group``, ``num_classes``, ``<split>_size``), scalar metrics and environment (``env_``)."""
+    """One flat row: config fields, train (``train_``), measurement (``measure_``) and data (``data_``) settings,
+    what the run recorded of its method (``method_compresses``, ``method_role``, ``method_order``) and task
+    (``suite``, ``group``, ``num_classes``, ``<split>_size``, and where its data came from: ``source_folder``,
+    ``source_files``, ``source_fingerprint``...), scalar metrics and environment (``env_``)."""
     config = dict(record["config"])
     row = {key: value for key, value in config.items() if not isinstance(value, dict)}
-    for section in ("train", "measure"):
-        row.update({f"{section}_{key}": ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-                    for key, value in config.get(section, {}).items()})
+    for section in ("train", "measure", "data"):
+        row.update({f"{section}_{key}": _cell(value) for key, value in config.get(section, {}).items()})
     row.update({f"method_{key}": value for key, value in record.get("method_info", {}).items()})
     task_info = dict(record.get("task_info", {}))
     row.update({f"{split}_size": size for split, size in task_info.pop("split_sizes", {}).items()})
+    row.update({f"source_{key}": _cell(value) for key, value in task_info.pop("data", {}).items()})
     row.update(task_info)
     row.update({"key": record["key"], "status": record["status"], "reason": record.get("reason")})
     row.update({key: value for key, value in record.get("metrics", {}).items()
                 if not isinstance(value, (list, dict))})  # curves stay in the JSON file
     row.update({f"env_{key}": value for key, value in record.get("environment", {}).items()})
     return row
+
+
+def _cell(value: object) -> object:
+    """A flat cell: lists joined by commas, mappings as ``key:value`` pairs."""
+    if isinstance(value, dict):
+        return ",".join(f"{key}:{item}" for key, item in value.items())
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
 def summary_table(records: Iterable[dict]) -> str:

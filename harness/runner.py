@@ -31,10 +31,11 @@ Executor = Callable[[RunConfig], dict]
 
 
 def task_info(name: str, task: TaskData) -> dict:
-    """What a run record says of its task, so the report needs no task plugin to read it."""
+    """What a run record says of its task, so the report needs no task plugin to read it, and where its data came
+    from (folder, list files, fingerprint)."""
     spec = registry.get_task(name)
-    sizes = {split: len(getattr(task, split)) for split in ("train", "val", "test")}
-    return {"suite": spec.suite, "group": spec.group, "num_classes": task.num_classes, "split_sizes": sizes}
+    return {"suite": spec.suite, "group": spec.group, "num_classes": task.num_classes,
+            "split_sizes": task.split_sizes(), "data": task.identity}
 
 
 def new_record(config: RunConfig, task: TaskData) -> dict:
@@ -47,6 +48,10 @@ def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.de
     """Run one config and write its result file: ``running`` first, then ``ok`` or ``failed`` with a reason."""
     # Set before anything is timed, for the whole process; the record says what was set.
     record = {**new_record(config, task), "environment": environment(device, steady_host_allocator())}
+    if task.problem is not None:  # bad data: recorded as failed without starting, so the other tasks go on
+        record.update(status=STATUS_FAILED, reason=task.problem, wall_seconds=0.0)
+        store.write(config, record)
+        return record
     store.write(config, record)
     started = time.perf_counter()
     try:

@@ -23,7 +23,7 @@ STATUS_RUNNING, STATUS_OK, STATUS_FAILED = "running", "ok", "failed"
 SCHEMA_VERSION = 2
 
 
-def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
+def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
     """``write(temporary_path)``, then rename over ``path``: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -45,7 +45,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
             handle.flush()
             os.fsync(handle.fileno())
 
-    _replace_atomically(path, write)
+    replace_atomically(path, write)
 
 
 def read_json(path: Path) -> dict | None:
@@ -103,5 +103,5 @@ class RunStore:
 
         rows = [flatten(record) for record in (self.records() if records is None else records)]
         path = self.folder / RESULTS_CSV
-        _replace_atomically(path, lambda temporary: pd.DataFrame(rows).to_csv(temporary, index=False))
+        replace_atomically(path, lambda temporary: pd.DataFrame(rows).to_csv(temporary, index=False))
         return path

@@ -3,6 +3,11 @@
 Defaults follow PYRA's scripts (lr 1e-3, weight decay 1e-4, batch 32, 100 epochs, 10 warm-up epochs from 1e-6,
 cosine to 1e-5, label smoothing 0, drop-path 0.1). PYRA reports the best of its periodic test evaluations; we
 record that as ``test_acc_best`` and the final evaluation as ``test_acc_last``.
+
+``selection`` says what picks the reported evaluation. ``"test"`` (the default, PYRA's and V-PETL Bench's
+protocol): train on train + val, evaluate test. ``"val"``: train on train only and evaluate val as well as test
+at every evaluation; ``test_acc_at_best_val`` is the test accuracy at the evaluation with the best val accuracy,
+a number no test accuracy helped to choose (:func:`selection_splits` gives the splits each trains on).
 """
 from __future__ import annotations
 
@@ -14,10 +19,12 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from .data import Normalize
-from .errors import RunFailed
+from .data import Normalize, TaskData
+from .errors import RunFailed, UserError
+
+SELECTIONS = ("test", "val")  # TrainConfig.selection: what picks the reported evaluation (module docstring)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,27 @@ class TrainConfig:
     label_smoothing: float = 0.0
     eval_every: int = 10
     drop_path: float = 0.1
+    selection: str = "test"  # one of SELECTIONS; "val" trains on train only and selects on val
+
+    def __post_init__(self) -> None:
+        _check_selection(self.selection)
+
+
+def _check_selection(selection: str) -> None:
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}")
+
+
+def selection_splits(task: TaskData, selection: str) -> tuple[Dataset, Dataset | None]:
+    """What :func:`fit` trains on and what it selects on: train + val and nothing with ``"test"`` (PYRA's
+    train800val200), the train split and the val split with ``"val"``."""
+    _check_selection(selection)
+    if selection == "test":
+        return task.train_and_val, None
+    if task.train is None or task.val is None:
+        raise UserError(f"--selection val needs separate train and val splits (VTAB-1k: train800.txt and val200.txt), "
+                        f"which {task.identity.get('folder', 'this task')} does not have; add them or select on test")
+    return task.train, task.val
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -96,7 +124,9 @@ class TrainResult:
     test_acc_last: float
     train_seconds: float
     train_images: int
-    curve: list[dict] = field(default_factory=list)  # one entry per epoch: loss, lr, optional test_acc
+    curve: list[dict] = field(default_factory=list)  # one entry per epoch: loss, lr; val_acc, test_acc when evaluated
+    val_acc_best: float | None = None  # selection "val" only: the best val accuracy of all evaluations
+    test_acc_at_best_val: float | None = None  # selection "val" only: test accuracy at that (earliest) evaluation
 
     @property
     def train_img_per_s(self) -> float:
@@ -141,16 +171,28 @@ def train_epoch(trainer: Trainer, loader: Iterable, schedule: Schedule, first_st
 
 
 def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, config: TrainConfig,
-        log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] = lambda entry: None) -> TrainResult:
+        log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] = lambda entry: None,
+        val_loader: DataLoader | None = None) -> TrainResult:
     """Train for ``config.epochs`` epochs, evaluating every ``eval_every`` epochs and after the last one.
 
-    ``on_epoch`` receives each epoch's curve entry (loss, lr, and test_acc when evaluated) as it is made.
+    Each evaluation measures test accuracy; ``test_acc_best`` is the best of them, ``test_acc_last`` the last.
+    With ``config.selection == "val"`` a ``val_loader`` is required (with ``"test"`` it must be None): each
+    evaluation measures val accuracy too, and the result's ``val_acc_best`` is the best val accuracy and
+    ``test_acc_at_best_val`` the test accuracy of that evaluation; should several evaluations tie on the best
+    val accuracy, the earliest of them counts (more training buys no tie-break). ``on_epoch`` receives each
+    epoch's curve entry (loss, lr, and val_acc and test_acc when evaluated) as it is made.
     """
+    if config.selection == "val" and val_loader is None:
+        raise ValueError("selection 'val' needs a val_loader to select on (see selection_splits)")
+    if config.selection != "val" and val_loader is not None:
+        raise ValueError(f"a val_loader was given but selection is {config.selection!r}, which trains on val; "
+                         f"use selection 'val'")
     steps_per_epoch = len(train_loader)
     schedule = Schedule(config, steps_per_epoch)
     trainer.model.train()
     train_seconds, train_images = 0.0, 0
     accuracies: list[float] = []
+    val_accuracies: list[float] = []
     curve: list[dict] = []
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
@@ -164,10 +206,18 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
         entry = {"epoch": epoch, "loss": mean_loss, "lr": lr}
         message = f"  epoch {epoch}/{config.epochs}  loss {mean_loss:.4f}  lr {lr:.2e}"
         if epoch % config.eval_every == 0 or epoch == config.epochs:
+            if val_loader is not None:
+                entry["val_acc"] = trainer.evaluate(val_loader)
+                val_accuracies.append(entry["val_acc"])
+                message += f"  val acc {entry['val_acc']:.2f}%"
             entry["test_acc"] = trainer.evaluate(test_loader)
             accuracies.append(entry["test_acc"])
             message += f"  test acc {entry['test_acc']:.2f}%"
         curve.append(entry)
         on_epoch(entry)
         log(message)
-    return TrainResult(max(accuracies), accuracies[-1], train_seconds, train_images, curve)
+    result = TrainResult(max(accuracies), accuracies[-1], train_seconds, train_images, curve)
+    if val_accuracies:
+        chosen = val_accuracies.index(max(val_accuracies))  # index() finds the first: ties go to the earliest
+        result.val_acc_best, result.test_acc_at_best_val = val_accuracies[chosen], accuracies[chosen]
+    return result

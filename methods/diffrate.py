@@ -18,6 +18,11 @@ the target is the GMACs of ``tome`` at the same compression level; the search ge
 original: thousands of ImageNet steps at lr 0.01), after which single blocks are nudged a token at a time until
 GMACs are within 1 % of the target, which the search alone reaches only approximately. Fine-tuning then drops tokens
 for real (the inference path) instead of keeping masked tokens as the original's training path does.
+
+DeiT distilled (PYRA's DeiT experiment): the original supports one class token only (its DeiT models are the
+non-distilled ones). Here the distillation token is protected as the class token is: never pruned, never merged
+away, never a merge destination, so the distilled head reads it as it was trained to. Importance stays the class
+token's attention, over the patch tokens.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
 import harness
-from harness.compression import resolve_schedule, schedule_gmacs
+from harness.compression import head_macs, resolve_schedule, schedule_gmacs
 from harness.token_merging import effective_schedule, proportional_qkv
 
 
@@ -50,7 +55,7 @@ class RateProxy(nn.Module):
         self.protected = protected
 
     def expected_kept(self) -> torch.Tensor:
-        """Kept tokens (class token included): ceil of the expected candidate, with a straight-through gradient."""
+        """Kept tokens (protected ones included): ceil of the expected candidate, with a straight-through gradient."""
         return ste_ceil(self.candidates @ self.logits.softmax(-1)) + self.protected
 
     def keep_mask(self, kept: int, upto: int) -> torch.Tensor:
@@ -64,9 +69,11 @@ class RateProxy(nn.Module):
 
 
 class DiffRateState:
-    """Per-forward state shared by the blocks: sizes, the search mask, the kept counts seen in the search."""
+    """Per-forward state shared by the blocks: sizes, the search mask, the kept counts seen in the search;
+    ``protected``, the leading tokens never dropped (class, distillation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, protected: int) -> None:
+        self.protected = protected
         self.searching = False
         self.size: Optional[torch.Tensor] = None
         self.mask: Optional[torch.Tensor] = None
@@ -100,15 +107,15 @@ class DiffRateAttention(Attention):
         return self.proj_drop(self.proj(self.norm(out))), cls_attention
 
 
-def _similarity_merge(x: torch.Tensor, size: torch.Tensor, kept: int, upto: int,
-                      keep_sources: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge tokens ``kept:upto`` (least important) into their most similar token among ``:kept`` (not the class
-    token): features averaged, sizes weighted by similarity and summed. With ``keep_sources`` (search) the
-    merged-away tokens stay in place behind the destinations, to be masked."""
+def _similarity_merge(x: torch.Tensor, size: torch.Tensor, kept: int, upto: int, keep_sources: bool,
+                      protected: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge tokens ``kept:upto`` (least important) into their most similar token among ``protected:kept`` (not
+    the class or distillation token): features averaged, sizes weighted by similarity and summed. With
+    ``keep_sources`` (search) the merged-away tokens stay in place behind the destinations, to be masked."""
     with torch.no_grad():
         metric = x[:, :upto] / x[:, :upto].norm(dim=-1, keepdim=True)
         similarity = metric[:, kept:] @ metric[:, :kept].transpose(-1, -2)
-        similarity[..., 0] = -math.inf
+        similarity[..., :protected] = -math.inf
         best, partner = similarity.max(dim=-1)
     partner = partner[..., None]
     sources, source_size = x[:, kept:upto], size[:, kept:upto]
@@ -129,8 +136,9 @@ class DiffRateBlock(Block):
         state: DiffRateState = self.rate_state
         attended, importance = self.attn(self.norm1(x), state.size, state.mask if state.searching else None)
         x = x + self.drop_path1(self.ls1(attended))
-        order = torch.cat([torch.zeros_like(importance[:, :1], dtype=torch.long),
-                           importance[:, 1:].argsort(dim=-1, descending=True) + 1], dim=1)
+        protected = state.protected  # stay first, in place; the patch tokens follow by importance
+        order = torch.cat([torch.arange(protected, device=x.device).expand(x.shape[0], -1),
+                           importance[:, protected:].argsort(dim=-1, descending=True) + protected], dim=1)
         if state.searching:
             if self.searchable:
                 x = self._search_step(x, order, state)
@@ -139,7 +147,7 @@ class DiffRateBlock(Block):
             x = x.gather(1, keep.expand(-1, -1, x.shape[-1]))
             size = state.size.gather(1, keep) if state.size is not None else x.new_ones(x.shape[0], x.shape[1], 1)
             if self.merge_kept < self.prune_kept:
-                x, size = _similarity_merge(x, size, self.merge_kept, self.prune_kept, keep_sources=False)
+                x, size = _similarity_merge(x, size, self.merge_kept, self.prune_kept, False, state.protected)
             state.size = size
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
@@ -154,7 +162,7 @@ class DiffRateBlock(Block):
         merge_kept = self.merge_proxy.expected_kept()
         state.kept.append((prune_kept, merge_kept))
         if merge_kept < middle:
-            x, size = _similarity_merge(x, size, int(merge_kept), middle, keep_sources=True)
+            x, size = _similarity_merge(x, size, int(merge_kept), middle, True, state.protected)
             mask = mask * self.merge_proxy.keep_mask(int(merge_kept), middle)
         state.size, state.mask = size, mask
         return x
@@ -163,7 +171,7 @@ class DiffRateBlock(Block):
 def _diffrate_class(vit_class: type) -> type:
     class DiffRateVisionTransformer(vit_class):
         def forward_features(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            tokens = self.patch_embed.num_patches + self.num_prefix_tokens
+            tokens = _all_tokens(self)
             state = self.rate_state
             state.kept = []
             state.size = torch.ones(x.shape[0], tokens, 1, device=x.device) if state.searching else None
@@ -174,28 +182,35 @@ def _diffrate_class(vit_class: type) -> type:
     return DiffRateVisionTransformer
 
 
+def _all_tokens(model: VisionTransformer) -> int:
+    """Tokens entering the first block: patches plus class (and distillation) token."""
+    return model.patch_embed.num_patches + model.num_prefix_tokens
+
+
 def patch_diffrate(model: VisionTransformer) -> VisionTransformer:
     """Patch in place; every block starts keeping all tokens. Set counts with :func:`set_kept`."""
-    if model.num_prefix_tokens != 1 or model.cls_token is None:
-        raise harness.UserError("diffrate needs a ViT with exactly one class token")
-    patches = model.patch_embed.num_patches
+    distill_token = getattr(model, "dist_token", None) is not None
+    if model.cls_token is None or model.num_prefix_tokens != 1 + distill_token:
+        raise harness.UserError("diffrate needs a ViT with a class token (and at most a distillation token "
+                                "besides): it ranks tokens by the class token's attention")
     model.__class__ = _diffrate_class(model.__class__)
-    model.rate_state = DiffRateState()
+    model.rate_state = DiffRateState(model.num_prefix_tokens)
     for index, block in enumerate(model.blocks):
         block.__class__ = DiffRateBlock
         block.attn.__class__ = DiffRateAttention
         block.rate_state = model.rate_state
         block.searchable = index > 0  # the original never compresses the first block
-    set_kept(model, [patches + 1] * len(model.blocks), [patches + 1] * len(model.blocks))
+    set_kept(model, [_all_tokens(model)] * len(model.blocks), [_all_tokens(model)] * len(model.blocks))
     return model
 
 
 def set_kept(model: VisionTransformer, prune_kept: list[int], merge_kept: list[int]) -> None:
-    """Fix the counts, made consistent: never more than the previous block left, merge <= prune."""
-    live = model.patch_embed.num_patches + 1
+    """Fix the counts, made consistent: never more than the previous block left, merge <= prune, and at least
+    one patch token beside the protected ones."""
+    live, least = _all_tokens(model), model.num_prefix_tokens + 1
     for block, prune, merge in zip(model.blocks, prune_kept, merge_kept):
-        block.prune_kept = max(2, min(int(prune), live)) if block.searchable else live
-        block.merge_kept = max(2, min(int(merge), block.prune_kept)) if block.searchable else live
+        block.prune_kept = max(least, min(int(prune), live)) if block.searchable else live
+        block.merge_kept = max(least, min(int(merge), block.prune_kept)) if block.searchable else live
         live = block.merge_kept
 
 
@@ -205,7 +220,7 @@ def _gmacs(model: VisionTransformer, kept: Iterable[tuple]) -> torch.Tensor | fl
     dim, hidden = model.embed_dim, model.blocks[0].mlp.fc1.out_features
     patches = model.patch_embed.num_patches
     macs = patches * model.patch_embed.proj.in_channels * math.prod(model.patch_embed.patch_size) * dim
-    tokens = patches + 1
+    tokens = _all_tokens(model)
     for prune, merge in kept:
         macs = macs + 5 * tokens * dim + 4 * tokens * dim * dim + 2 * tokens * tokens * dim + tokens * dim
         pruned = torch.minimum(torch.as_tensor(tokens), prune) if torch.is_tensor(prune) else min(tokens, prune)
@@ -213,7 +228,7 @@ def _gmacs(model: VisionTransformer, kept: Iterable[tuple]) -> torch.Tensor | fl
         macs = macs + (pruned - merged) * merged * dim  # the similarity matmul (zero when nothing merges)
         tokens = merged
         macs = macs + 5 * tokens * dim + 2 * tokens * dim * hidden
-    return (macs + 5 * tokens * dim + dim * getattr(model.head, "out_features", 0)) / 1e9
+    return (macs + 5 * tokens * dim + head_macs(model)) / 1e9
 
 
 def diffrate_gmacs(model: VisionTransformer) -> float:
@@ -224,7 +239,7 @@ def diffrate_gmacs(model: VisionTransformer) -> float:
 def _search_gmacs(model: VisionTransformer, kept: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Differentiable GMACs of one search forward (``kept``: one pair per searchable block, in order)."""
     searched = iter(kept)
-    live = model.patch_embed.num_patches + 1
+    live = _all_tokens(model)
     return _gmacs(model, [next(searched) if block.searchable else (live, live) for block in model.blocks])
 
 
@@ -241,8 +256,8 @@ def search_rates(model: VisionTransformer, batches: Iterable[torch.Tensor], targ
     device = next(model.parameters()).device
     searchable = [block for block in model.blocks if block.searchable]
     for block in searchable:  # the proxies live only during the search: the deployed model has none
-        block.prune_proxy = RateProxy(model.patch_embed.num_patches, 1).to(device)
-        block.merge_proxy = RateProxy(model.patch_embed.num_patches, 1).to(device)
+        block.prune_proxy = RateProxy(model.patch_embed.num_patches, model.num_prefix_tokens).to(device)
+        block.merge_proxy = RateProxy(model.patch_embed.num_patches, model.num_prefix_tokens).to(device)
     optimizer = torch.optim.Adam([p for b in searchable for p in (b.prune_proxy.logits, b.merge_proxy.logits)],
                                  lr=lr)
     model.rate_state.searching = True
@@ -268,7 +283,7 @@ def search_rates(model: VisionTransformer, batches: Iterable[torch.Tensor], targ
             param.requires_grad_(True)
         model.train(was_training)
     with torch.no_grad():
-        live = model.patch_embed.num_patches + 1
+        live = _all_tokens(model)
         prune = [int(b.prune_proxy.expected_kept()) if b.searchable else live for b in model.blocks]
         merge = [int(b.merge_proxy.expected_kept()) if b.searchable else live for b in model.blocks]
     for block in searchable:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 import harness
-from harness.data import ArrayDataset, TaskData, cached_arrays
+from harness.data import ArrayDataset, TaskData, cached_arrays, fingerprint
 
 SIZE = 32
 CANVAS = 2 * SIZE
@@ -26,9 +26,14 @@ BACKBONE = "vit_micro_base_patch4_32"
 VERSION = "v2"  # bump when a generator changes, so stale caches are not reused
 
 
-def _task_data(arrays: dict[str, np.ndarray], num_classes: int) -> TaskData:
-    splits = {name: ArrayDataset(arrays[f"{name}_x"], arrays[f"{name}_y"]) for name in ("train", "val", "test")}
-    return TaskData(splits["train"], splits["val"], splits["test"], num_classes, SIZE, BACKBONE, DEFAULT_EPOCHS)
+def _task_data(name: str, seed: int, build: Callable[[], dict[str, np.ndarray]], num_classes: int) -> TaskData:
+    """The cached (or freshly built) arrays as a task; its fingerprint is its generator's version and seed."""
+    cache_name = f"offline-{name}-{VERSION}"
+    arrays = cached_arrays(cache_name, build)
+    splits = {split: ArrayDataset(arrays[f"{split}_x"], arrays[f"{split}_y"]) for split in ("train", "val", "test")}
+    identity = {"generator": cache_name, "seed": seed, "fingerprint": fingerprint([cache_name, str(seed)])}
+    return TaskData(splits["train"], splits["val"], splits["test"], num_classes, SIZE, BACKBONE, DEFAULT_EPOCHS,
+                    identity=identity)
 
 
 def _split(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -78,7 +83,7 @@ def procedural_task(name: str, group: str, num_classes: int, seed: int, noise: f
             return _split(images, labels.astype(np.int64), rng)
 
         def load(data_root: Path | None = None) -> TaskData:
-            return _task_data(cached_arrays(f"offline-{name}-{VERSION}", build), num_classes)
+            return _task_data(name, seed, build, num_classes)
 
         load.__doc__, load.__qualname__ = draw.__doc__, f"offline_{name}"
         harness.register_task(name, suite="offline", group=group)(load)
@@ -97,6 +102,7 @@ def _ellipse(draw: ImageDraw.ImageDraw, center: tuple[float, float], radii: tupl
     draw.polygon(outline, fill=fill)
 
 
+DIGITS_SEED = 1
 DIGIT_SIZE = 52  # glyph side on the 64-pixel canvas: large enough to read at 32x32 after downsampling
 
 
@@ -106,7 +112,7 @@ def digits(data_root: Path | None = None) -> TaskData:
     from sklearn.datasets import load_digits
 
     def build() -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(1)
+        rng = np.random.default_rng(DIGITS_SEED)
         bunch = load_digits()
         images = []
         for digit in bunch.images:
@@ -121,7 +127,7 @@ def digits(data_root: Path | None = None) -> TaskData:
             images.append(_to_chw(Image.fromarray(pixels.astype(np.uint8)), rng, noise=12.0))
         return _split(np.stack(images), bunch.target.astype(np.int64), rng)
 
-    return _task_data(cached_arrays(f"offline-digits-{VERSION}", build), 10)
+    return _task_data("digits", DIGITS_SEED, build, 10)
 
 
 PHOTO_GRID = (2, 4)  # rows, columns of regions per photograph

@@ -64,9 +64,13 @@ def tiny_vit(**kwargs):
 
 def run_record(method: str = "lora", task: str = "count", seed: int = 0, acc: float = 50.0,
                compression: str = "none", *, backbone: str = "vit_micro_base_patch4_32", device_name: str = "CPU A",
-               status: str = "ok", role=..., order=..., suite: str = "offline", group=..., **metrics) -> dict:
+               status: str = "ok", role=..., order=..., suite: str = "offline", group=...,
+               acc_last: float | None = None, at_best_val: float | None = None, **metrics) -> dict:
     """A minimal valid run record (schema 2), shaped as the runner writes it, with round numbers to check by hand.
 
+    ``acc`` is ``test_acc_best``, ``acc_last`` ``test_acc_last`` (default: ``acc``). With ``at_best_val`` the
+    run trained with selection "val": ``test_acc_at_best_val`` is it and ``val_acc_best`` 10 points more;
+    without, both are None, as the runner writes them for selection "test".
     ``method_info`` has the built-in methods' compresses flag, role and order (another name: compressing when
     run at a level, no role, no order); ``task_info`` the offline tasks' groups (another task: no group).
     ``role``, ``order`` and ``group`` override them (None included); ``suite`` names the task's suite.
@@ -81,10 +85,14 @@ def run_record(method: str = "lora", task: str = "count", seed: int = 0, acc: fl
     offline_groups = {"digits": "natural", "photos": "natural", "cells": "specialized", "count": "structured",
                       "orientation": "structured"}
     compresses, builtin_role, builtin_order = builtin.get(method, (compression != "none", None, None))
+    selection = "test" if at_best_val is None else "val"
     config = {"method": method, "task": task, "backbone": backbone, "seed": seed, "compression": compression,
-              "pretrained": True, "device": "cpu", "train": {"epochs": 3, "lr": 0.001}, "measure": {"batches": [64]}}
+              "pretrained": True, "device": "cpu", "train": {"epochs": 3, "lr": 0.001, "selection": selection},
+              "measure": {"batches": [64]}}
     key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    values = {"test_acc_best": acc, "test_acc_last": acc, "infer_img_per_s": 1000.0, "gmacs": 0.1,
+    values = {"test_acc_best": acc, "test_acc_last": acc if acc_last is None else acc_last,
+              "test_acc_at_best_val": at_best_val, "val_acc_best": None if at_best_val is None else at_best_val + 10,
+              "infer_img_per_s": 1000.0, "gmacs": 0.1,
               "tunable_params": 10_000, "tunable_pct": 1.0, "total_params": 1_000_000, "train_peak_mem_mb": 100.0,
               "curve": [{"epoch": 1, "test_acc": acc}], **metrics}
     record = {"schema": 2, "key": key, "config": config, "status": status, "wall_seconds": 1.0,

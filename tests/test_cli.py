@@ -37,8 +37,13 @@ def test_external_plugin_runs_end_to_end(tiny_run):
     by_method = {record["config"]["method"]: record for record in records}
     assert by_method["bitfit"]["method_info"] == {"compresses": False, "role": None, "order": None}
     assert by_method["lora"]["method_info"] == {"compresses": False, "role": "reference", "order": 1}
-    assert records[0]["schema"] == 2 and records[0]["task_info"] == {
-        "suite": "tiny", "group": "natural", "num_classes": 2, "split_sizes": {"train": 48, "val": 16, "test": 32}}
+    task_info = records[0]["task_info"]
+    assert records[0]["schema"] == 2 and {key: task_info[key] for key in ("suite", "group", "num_classes")} == {
+        "suite": "tiny", "group": "natural", "num_classes": 2}
+    assert task_info["split_sizes"] == {"train": 48, "val": 16, "test": 32}
+    # A plugin task that says nothing of its data is fingerprinted by content, and the key depends on it.
+    assert len(task_info["data"]["fingerprint"]) == 12
+    assert records[0]["config"]["data"]["fingerprint"] == task_info["data"]["fingerprint"]
 
 
 def test_results_csv_has_one_flat_row_per_run(tiny_run):

@@ -77,3 +77,15 @@ def test_a_methods_style_is_the_same_whatever_else_is_plotted():
     assert list(styles[0]) == ["lora", "mine", "zeta"]  # the legend in display order
     assert all(styles[0][name] == styles[1][name] for name in styles[0])
     assert styles[1]["lora"] == ("o", "#1f77b4") and styles[1]["tome"] == ("^", "#ff7f0e")  # as before
+
+
+def test_a_board_of_another_accuracy_than_the_default_names_it_in_the_titles(tmp_path, monkeypatch):
+    titles = []
+    make = plots.pareto_figure
+    monkeypatch.setattr(plots, "pareto_figure", lambda board, metric, title, methods=None: (
+        titles.append(title), make(board, metric, title, methods))[1])
+    plots.write_pareto_plots(_board(ROWS), tmp_path / "best")
+    plots.write_pareto_plots(_board(ROWS).assign(accuracy="at-best-val"), tmp_path / "val")
+    where = "\nvit_micro_base_patch4_32 on CPU A"
+    assert len(titles) == 6 and titles[0] == "offline suite: accuracy vs inference throughput" + where
+    assert titles[3] == "offline suite: accuracy (at best val) vs inference throughput" + where

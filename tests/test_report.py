@@ -437,7 +437,8 @@ def test_report_console_lists_leaderboard_verdicts_skipped_and_paths(full_report
     output = full_report[0].output
     assert "stuck.json: still running" in output.splitlines()[0]
     assert "vit_micro_base_patch4_32 on CPU A" in output and "mean (groups)" in output
-    assert "Adverse Compression (compressed - small-model baseline, accuracy points)" in output
+    assert "runs, 4 leaderboard rows; Top-1 test accuracy (%, best evaluation of each run) ==" in output
+    assert "Adverse Compression (compressed - small-model baseline, accuracy points, best evaluation)" in output
     assert "tome@high - small-model baseline" in output and "adverse" in output  # 10 pairs, 3 points worse
     assert "tome@high - lora" in output and "tome worse" in output
     assert "Baseline against" in output and "1 row(s) in both" in output
@@ -479,3 +480,174 @@ def test_run_options_still_route_to_run_and_help_names_report():
     report_help = invoke("report", "--help").output
     assert all(option in report_help for option in ("--out", "--compare", "--baseline", "--publish", "RUNS"))
     assert "--methods" not in report_help
+
+
+# ------------------------------------------------------------------------------- which accuracy (--accuracy)
+
+def scored(method="lora", compression="none", best=0.0, last=0.0, at_best_val=0.0, seeds=(0,)) -> list[dict]:
+    """As :func:`grid`, but test_acc_best, test_acc_last and test_acc_at_best_val each ACCURACY + its own shift
+    + seed, so every accuracy choice gives other numbers."""
+    return [run_record(method, task, seed, ACCURACY[task] + best + seed, compression,
+                       acc_last=ACCURACY[task] + last + seed, at_best_val=ACCURACY[task] + at_best_val + seed)
+            for task in TASKS for seed in seeds]
+
+
+# Per choice: lora's mean over tasks, and tome@high - small_peft@high (and tome@high - lora) in that accuracy.
+CHOICES = {"best": (64.0, -3.0, -3.0), "last": (54.0, 3.0, 3.0), "at-best-val": (44.0, 0.0, 8.0)}
+
+
+@pytest.fixture(scope="module")
+def choice_runs(tmp_path_factory):
+    seeds = (0, 1)
+    records = (scored(best=0, last=-10, at_best_val=-20, seeds=seeds)
+               + scored("tome", "high", best=-3, last=-7, at_best_val=-12, seeds=seeds)
+               + scored("small_peft", "high", best=0, last=-10, at_best_val=-12, seeds=seeds))
+    return write_runs(tmp_path_factory.mktemp("choices") / "runs", records)
+
+
+@pytest.mark.parametrize("choice", CHOICES)
+def test_each_accuracy_choice_picks_its_column(choice_runs, choice):
+    runs, skipped = report.load_runs([choice_runs], choice)
+    assert not skipped
+    mean, adverse_diff, compare_diff = CHOICES[choice]
+    board = report.leaderboard(runs, choice)
+    lora = board.set_index(["method", "compression"]).loc[("lora", "none")]
+    assert lora["acc_mean_tasks"] == pytest.approx(mean + 0.5)  # seeds 0 and 1 add 0.5 on average
+    assert lora["acc_count"] == pytest.approx(ACCURACY["count"] + mean - 64 + 0.5)
+    assert lora["ppt"] == pytest.approx(report.ppt(mean + 0.5, 10_000))
+    adverse = report.adverse_compression(runs, choice)
+    assert adverse["mean_diff"].tolist() == pytest.approx([adverse_diff])
+    compared = report.compare_methods(runs, *report.parse_compare("tome@high,lora"), accuracy=choice)
+    assert compared["mean_diff"].tolist() == pytest.approx([compare_diff])
+    # The tables say which accuracy they hold: the default as before (no column), another in a column of its own.
+    if choice == "best":
+        assert "accuracy" not in board and "accuracy" not in adverse and "accuracy" not in compared
+        assert list(adverse.columns) == report.ADVERSE_COLUMNS
+    else:
+        assert list(board.columns[:2]) == ["suite", "accuracy"] and set(board["accuracy"]) == {choice}
+        assert list(adverse.columns) == ["accuracy", *report.ADVERSE_COLUMNS] and set(adverse["accuracy"]) == {choice}
+        assert compared.columns[0] == "accuracy" and set(compared["accuracy"]) == {choice}
+    assert report.accuracy_of(board).name == report.accuracy_of(adverse).name == choice
+    nothing_compressed = report.adverse_compression(runs[runs["method"] == "lora"], choice)
+    heading = report.table_markdown(nothing_compressed, report.ACCURACIES[choice]).split("|")[0]
+    title = report.accuracy_title(report.ACCURACIES[choice])
+    assert nothing_compressed.empty
+    assert heading == ("" if choice == "best" else f"{title}; differences in its points.\n\n")
+
+
+@pytest.mark.parametrize("choice, title", [
+    ("best", "Top-1 test accuracy (%, best evaluation of each run)"),
+    ("last", "Top-1 test accuracy (%, last evaluation of each run; report --accuracy last)"),
+    ("at-best-val", "Top-1 test accuracy (%, at each run's best val evaluation, trained on train alone; report "
+                    "--accuracy at-best-val)"),
+])
+def test_markdown_console_and_provenance_say_which_accuracy(choice_runs, tmp_path, choice, title):
+    results = tmp_path / "results"
+    result = invoke("report", str(choice_runs), "--out", str(tmp_path / "rep"), "--accuracy", choice,
+                    "--compare", "tome@high,lora", "--publish", env={"ADAPTBENCH_RESULTS": str(results)})
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "rep" / "offline"
+    leaderboard = (folder / "leaderboard.md").read_text()
+    assert leaderboard.splitlines()[2].startswith(f"{title}, mean ± std over seeds;")
+    label = report.ACCURACIES[choice].label
+    assert f"30 runs, 3 leaderboard rows; {title} ==" in result.output
+    assert f"Adverse Compression (compressed - small-model baseline, accuracy points, {label}):" in result.output
+    assert f"compare_tome-high_vs_lora (A - B, accuracy points, {label}):" in result.output
+    provenance = json.loads((results / "offline" / "provenance.json").read_text())
+    assert provenance["accuracy"] == {"choice": choice, "metric": report.ACCURACIES[choice].column,
+                                      "description": report.ACCURACIES[choice].description}
+    for name in ("adverse_compression.md", "compare_tome-high_vs_lora.md"):
+        text = (folder / name).read_text()
+        if choice == "best":
+            assert text.startswith("| device_name ")  # as before: the default adds nothing
+        else:
+            assert text.startswith(f"{title}; differences in its points.\n\n| device_name ")
+            assert "| accuracy " not in text  # said once above the table, not in every row
+    for name in ("leaderboard.csv", "adverse_compression.csv", "compare_tome-high_vs_lora.csv"):
+        columns = pd.read_csv(folder / name).columns
+        assert ("accuracy" in columns) == (choice != "best"), name
+
+
+def test_the_default_accuracy_writes_what_the_report_wrote_before_it_had_a_choice(choice_runs, tmp_path):
+    """--accuracy best is the default, and its files are the published ones byte for byte (the schema-1 fixture
+    test checks them against an older commit's report)."""
+    for name, extra in (("plain", []), ("best", ["--accuracy", "best"])):
+        assert invoke("report", str(choice_runs), "--out", str(tmp_path / name), *extra).exit_code == 0
+    for path in sorted((tmp_path / "plain" / "offline").iterdir()):
+        assert path.read_bytes() == (tmp_path / "best" / "offline" / path.name).read_bytes(), path.name
+
+
+def test_runs_without_test_acc_at_best_val_are_skipped_under_at_best_val(tmp_path):
+    records = scored(seeds=(0,)) + [run_record("lora", "count", 1, 40.0)]  # seed 1 trained with selection test
+    old = run_record("lora", "count", 2, 40.0)
+    del old["metrics"]["test_acc_at_best_val"], old["metrics"]["val_acc_best"]  # written before the choice existed
+    folder = write_runs(tmp_path / "runs", records + [old])
+    runs, skipped = report.load_runs([folder], "at-best-val")
+    assert len(runs) == 5 and set(runs["seed"]) == {0}
+    assert [item.reason for item in skipped] == ["no test_acc_at_best_val: trained without --selection val"] * 2
+    assert report.load_runs([folder], "best")[1] == [] and report.load_runs([folder], "last")[1] == []
+    result = invoke("report", str(folder), "--out", str(tmp_path / "rep"), "--accuracy", "at-best-val")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split(": ", 1)[1] for line in lines[:2]] == [
+        "no test_acc_at_best_val: trained without --selection val"] * 2
+    assert all(line.startswith("skipped ") and "-count-s" in line for line in lines[:2])
+
+
+def test_nothing_with_the_chosen_accuracy_exits_2(tmp_path):
+    folder = write_runs(tmp_path / "runs", grid())
+    result = CliRunner().invoke(main, ["report", str(folder), "--accuracy", "at-best-val"])
+    assert result.exit_code == 2
+    assert result.output.count("no test_acc_at_best_val: trained without --selection val") == 5
+    assert result.output.strip().splitlines()[-1].startswith("error: no finished runs to report in ")
+
+
+def test_a_bad_accuracy_choice_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path), "--accuracy", "median"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--accuracy'" in result.output and "at-best-val" in result.output
+    with pytest.raises(UserError, match="unknown accuracy 'median'; choose one of best, last, at-best-val"):
+        report.leaderboard(pd.DataFrame(), "median")
+
+
+def test_the_command_offers_the_schemas_accuracies_with_best_first():
+    from harness.cli import report as report_command
+
+    option = next(param for param in report_command.params if param.name == "accuracy")
+    assert list(option.type.choices) == list(report.ACCURACIES) and option.default == report.DEFAULT_ACCURACY
+    assert list(report.ACCURACIES)[0] == report.DEFAULT_ACCURACY
+
+
+def test_a_baseline_of_another_accuracy_is_named_in_the_diff_and_warned_of(choice_runs, tmp_path):
+    best = report.leaderboard(report.load_runs([choice_runs])[0])
+    last = report.leaderboard(report.load_runs([choice_runs], "last")[0], "last")
+    diff = report.baseline_diff(last, best).set_index(["method", "compression"])
+    assert diff.loc[("lora", "none"), "acc_mean_tasks_delta"] == pytest.approx(-10.0)
+    assert set(diff["accuracy_old"]) == {"best"} and set(diff["accuracy_new"]) == {"last"}
+    assert report.table_markdown(diff.reset_index()).startswith(
+        "Old board: Top-1 test accuracy (%, best evaluation of each run). New board: Top-1 test accuracy (%, last "
+        "evaluation of each run; report --accuracy last).\n\n")
+    assert "accuracy_old" not in report.baseline_diff(best, best)  # both the default: as before
+    assert report.accuracy_mismatch(last, best, "old.csv") == (
+        "--baseline old.csv holds the best evaluation accuracy ('best'), this report the last evaluation ('last'): "
+        "the accuracy changes compare two measures")
+    assert report.accuracy_mismatch(best, best, "old.csv") is None
+    baseline = tmp_path / "old.csv"
+    best.to_csv(baseline, index=False)
+    written = report.write_suite_report(report.load_runs([choice_runs], "last")[0], tmp_path / "rep",
+                                        baseline=baseline, accuracy="last")
+    assert report.accuracy_mismatch(last, best, str(baseline)) in written.warnings
+    # A leaderboard CSV read back says its accuracy; one without the column holds the default.
+    last.to_csv(tmp_path / "last.csv", index=False)
+    assert report.accuracy_of(pd.read_csv(tmp_path / "last.csv")).name == "last"
+    assert report.accuracy_of(pd.read_csv(baseline)).name == "best"
+
+
+def test_runs_of_both_training_protocols_in_one_suite_are_noted(tmp_path):
+    records = grid() + scored("tome", "high", seeds=(0,))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    warnings = report.write_suite_report(runs, tmp_path / "rep").warnings
+    assert ("5 of 10 runs trained on the train split alone (--selection val), the others on train + val: rows may "
+            "mix the two protocols") in warnings
+    only_val, _ = report.load_runs([write_runs(tmp_path / "val", scored())], "at-best-val")
+    assert not any("protocols" in warning for warning in report.write_suite_report(only_val, tmp_path / "r2").warnings)

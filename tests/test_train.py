@@ -1,10 +1,11 @@
 import pytest
 import torch
+from torch import nn
 
 import harness
 from conftest import tiny_vit
-from harness.data import ArrayDataset, Normalize, make_loader
-from harness.train import Schedule, TrainConfig, Trainer, build_optimizer, fit, learning_rate
+from harness.data import ArrayDataset, Normalize, TaskData, make_loader
+from harness.train import Schedule, TrainConfig, Trainer, build_optimizer, fit, learning_rate, selection_splits
 
 
 def test_schedule_warms_up_then_decays_to_min_lr():
@@ -50,6 +51,8 @@ def test_fit_learns_and_records_best_and_last():
     assert result.test_acc_best == max(evaluated) and result.test_acc_last == evaluated[-1]
     assert result.test_acc_best > 60  # three linearly separable brightness classes
     assert result.train_images == 4 * 96
+    assert result.val_acc_best is None and result.test_acc_at_best_val is None  # selection "test": no val
+    assert not any("val_acc" in entry for entry in result.curve)
 
 
 def test_nan_loss_fails_the_run_with_a_reason():
@@ -59,3 +62,57 @@ def test_nan_loss_fails_the_run_with_a_reason():
     with pytest.raises(harness.RunFailed, match="loss became nan in epoch 1; lower --lr"):
         fit(_trainer(model, config), make_loader(_bright_dark(16), 8, shuffle=True),
             make_loader(_bright_dark(8), 8, shuffle=False), config, log=lambda line: None)
+
+
+class ScriptedTrainer(Trainer):
+    """A real training step on a linear model, but evaluations that return scripted accuracies per loader."""
+
+    def __init__(self, accuracies: dict[str, list[float]]) -> None:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 2, 3))
+        super().__init__(model, build_optimizer(model, TrainConfig()), Normalize((0.5,) * 3, (0.25,) * 3,
+                                                                                  torch.device("cpu")))
+        self.scripts = {name: iter(values) for name, values in accuracies.items()}
+
+    def evaluate(self, loader) -> float:
+        return next(self.scripts[loader])  # the loaders are the names "val" and "test"
+
+
+TRAIN_BATCHES = [(torch.randint(0, 255, (4, 3, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 2, 0]))] * 2
+
+
+def _fit_scripted(val: list[float], test: list[float], selection: str = "val", val_loader="val"):
+    config = TrainConfig(epochs=2 * len(test), warmup_epochs=0, eval_every=2, selection=selection)
+    trainer = ScriptedTrainer({"val": val, "test": test})
+    return fit(trainer, TRAIN_BATCHES, "test", config, log=lambda line: None, val_loader=val_loader)
+
+
+def test_selection_on_val_reports_the_test_accuracy_of_the_best_val_evaluation():
+    result = _fit_scripted(val=[50.0, 70.0, 60.0], test=[80.0, 65.0, 75.0])
+    assert (result.val_acc_best, result.test_acc_at_best_val) == (70.0, 65.0)
+    assert (result.test_acc_best, result.test_acc_last) == (80.0, 75.0)  # still defined, from every evaluation
+    assert [(entry["epoch"], entry["val_acc"], entry["test_acc"]) for entry in result.curve if "val_acc" in entry] \
+        == [(2, 50.0, 80.0), (4, 70.0, 65.0), (6, 60.0, 75.0)]
+    assert all(("val_acc" in entry) == ("test_acc" in entry) for entry in result.curve)
+
+
+def test_a_tie_on_the_best_val_accuracy_goes_to_the_earlier_evaluation():
+    result = _fit_scripted(val=[60.0, 70.0, 70.0], test=[50.0, 55.0, 65.0])
+    assert (result.val_acc_best, result.test_acc_at_best_val) == (70.0, 55.0)
+
+
+def test_selection_and_val_loader_must_agree():
+    with pytest.raises(ValueError, match="selection 'val' needs a val_loader"):
+        _fit_scripted(val=[1.0], test=[1.0], val_loader=None)
+    with pytest.raises(ValueError, match="a val_loader was given but selection is 'test'"):
+        _fit_scripted(val=[1.0], test=[1.0], selection="test")
+    with pytest.raises(ValueError, match="selection must be one of test, val, not 'best'"):
+        TrainConfig(selection="best")
+
+
+def test_selection_splits_train_on_train_and_val_or_on_train_alone():
+    task = TaskData(_bright_dark(8), _bright_dark(4), _bright_dark(6), num_classes=3, image_size=16,
+                    default_backbone="vit_micro_small_patch4_32")
+    train, val = selection_splits(task, "test")
+    assert len(train) == 12 and val is None
+    train, val = selection_splits(task, "val")
+    assert (train, val) == (task.train, task.val)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from .schema import BASELINE_METRICS, ROW_KEY, Methods, row_label, sort_rows
+from .schema import BASELINE_ACCURACY_COLUMNS, BASELINE_METRICS, ROW_KEY, Methods, accuracy_of, row_label, sort_rows
 
 
 def read_baseline(path: Path) -> pd.DataFrame:
@@ -22,7 +22,9 @@ def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None 
     :data:`BASELINE_METRICS` the old value, the new one and new - old; ``change`` says ``added`` (new only),
     ``removed`` (old only) or ``both``. An old CSV with a ``suite`` column is compared on this suite's rows.
     Rows are in the display order of ``methods`` (the new runs' :class:`Methods`); a method only the old board
-    has follows the ordered ones, by name."""
+    has follows the ordered ones, by name. Unless both boards hold the default accuracy, ``accuracy_old`` and
+    ``accuracy_new`` (after ``change``) name each board's (:func:`~.schema.accuracy_of`; see
+    :func:`accuracy_mismatch`)."""
     absent = [column for column in ROW_KEY if column not in old]
     if absent:
         raise UserError(f"the --baseline file is not a leaderboard CSV: it has no {', '.join(absent)} column; "
@@ -38,10 +40,24 @@ def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None 
     merged = sides[0].merge(sides[1], on=ROW_KEY, how="outer", indicator="change")
     merged["change"] = merged["change"].map({"both": "both", "left_only": "added", "right_only": "removed"})
     columns = [*ROW_KEY, "change"]
+    old_accuracy, new_accuracy = accuracy_of(old), accuracy_of(new)
+    if not (old_accuracy.is_default and new_accuracy.is_default):
+        merged = merged.assign(**dict(zip(BASELINE_ACCURACY_COLUMNS, (old_accuracy.name, new_accuracy.name))))
+        columns += BASELINE_ACCURACY_COLUMNS
     for metric in BASELINE_METRICS:
         merged[metric + "_delta"] = merged[metric + "_new"] - merged[metric + "_old"]
         columns += [metric + "_old", metric + "_new", metric + "_delta"]
     return sort_rows(merged[columns], methods)
+
+
+def accuracy_mismatch(new: pd.DataFrame, old: pd.DataFrame, name: str) -> str | None:
+    """A warning when the old board holds another accuracy than the new one (their accuracy deltas then
+    measure the choice as much as the runs), or None."""
+    old_accuracy, new_accuracy = accuracy_of(old), accuracy_of(new)
+    if old_accuracy == new_accuracy:
+        return None
+    return (f"--baseline {name} holds the {old_accuracy.label} accuracy ('{old_accuracy.name}'), this report the "
+            f"{new_accuracy.label} ('{new_accuracy.name}'): the accuracy changes compare two measures")
 
 
 def baseline_summary(diff: pd.DataFrame, name: str) -> str:

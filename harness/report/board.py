@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ..vocabulary import NONE, REFERENCE, SMALL_MODEL_BASELINE, group_rank
-from .schema import PARETO_METRICS, ROW_KEY, Methods, row_label, sort_rows, task_names
+from .schema import (DEFAULT_ACCURACY, PARETO_METRICS, ROW_KEY, Methods, accuracy_choice, row_label, sort_rows,
+                     task_names, with_accuracy)
 
 PPT_PARAMS_SCALE = 1e7  # V-PETL Bench's normalising constant C
 
@@ -50,19 +51,22 @@ def pareto_front(x: Sequence[float], y: Sequence[float], x_higher_better: bool) 
     return on_front
 
 
-def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
+def leaderboard(runs: pd.DataFrame, accuracy: str = DEFAULT_ACCURACY) -> pd.DataFrame:
     """One suite's runs, one row per (device name, backbone, method, compression).
 
-    Per task: ``acc_<task>`` (mean of ``test_acc_best`` over seeds) and ``acc_<task>_std`` (ddof=1, NaN with
+    ``accuracy`` names the per-run accuracy (:data:`~.schema.ACCURACIES`: ``best`` is ``test_acc_best``);
+    another than the default adds the column ``accuracy`` (after ``suite``) holding its name.
+    Per task: ``acc_<task>`` (mean of that accuracy over seeds) and ``acc_<task>_std`` (ddof=1, NaN with
     one seed). ``acc_<group>`` is the mean of that group's task means, ``acc_mean_tasks`` the mean of all
     task means (tasks without a group included) and ``acc_mean_groups`` the mean of the group means (NaN when
     no task has a group). The expected tasks are every task of the suite that any run covers: a row lacking
     one of them gets NaN for every average that would include it, so no row's average is over an easier subset
     than another's. Rows are in the recorded method order (:class:`Methods`).
     """
+    choice = accuracy_choice(accuracy)
     methods = Methods.of(runs)
     tasks = ordered_tasks(runs)
-    by_task = runs.groupby(ROW_KEY + ["task"])["test_acc_best"]
+    by_task = runs.groupby(ROW_KEY + ["task"])[choice.column]
     means = by_task.mean().unstack("task").reindex(columns=tasks)
     stds = by_task.std(ddof=1).unstack("task").reindex(columns=tasks)
     board = pd.DataFrame(index=means.index)
@@ -90,6 +94,7 @@ def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
     board["small_backbone"] = per_row["small_backbone"].agg(distinct)
     board = board.reset_index()
     board.insert(0, "suite", runs["suite"].iloc[0])
+    with_accuracy(board, choice, position=1)
     board["ppt"] = ppt(board["acc_mean_tasks"], board["tunable_params"])
     board = _with_speedup(board, methods)
     for name, (column, higher) in PARETO_METRICS.items():

@@ -18,12 +18,13 @@ import pandas as pd
 
 from ..results import flatten
 from ..store import STATUS_FAILED, STATUS_OK, STATUS_RUNNING, run_files
-from .schema import ROW_KEY
+from .schema import DEFAULT_ACCURACY, ROW_KEY, accuracy_choice
 
 REQUIRED_CONFIG = ("method", "task", "backbone", "seed", "compression")
 MIN_SCHEMA = 2  # the first record version that describes its method and task
-NUMERIC = ("test_acc_best", "test_acc_last", "infer_img_per_s", "gmacs", "tunable_params", "tunable_pct",
-           "total_params", "train_peak_mem_mb", "infer_peak_mem_mb", "matched_throughput_ratio", "method_order")
+NUMERIC = ("test_acc_best", "test_acc_last", "test_acc_at_best_val", "val_acc_best", "infer_img_per_s", "gmacs",
+           "tunable_params", "tunable_pct", "total_params", "train_peak_mem_mb", "infer_peak_mem_mb",
+           "matched_throughput_ratio", "method_order")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ class Skipped:
         return f"{self.path}: {self.reason}"
 
 
-def read_run(path: Path) -> tuple[dict | None, str | None]:
-    """The record of one finished run, or ``(None, reason)`` when it cannot be used."""
+def read_run(path: Path, accuracy: str = DEFAULT_ACCURACY) -> tuple[dict | None, str | None]:
+    """The record of one finished run, or ``(None, reason)`` when it cannot be used; a finished run must have a
+    number for the report's ``accuracy`` (:data:`~.schema.ACCURACIES`)."""
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -60,9 +62,12 @@ def read_run(path: Path) -> tuple[dict | None, str | None]:
         return None, f"failed: {_shorten(str(record.get('reason') or 'no reason recorded'))}"
     if status != STATUS_OK:
         return None, f"unknown status '{status}'"
-    accuracy = (record.get("metrics") or {}).get("test_acc_best")
-    if not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool) or not math.isfinite(accuracy):
-        return None, "status ok but no numeric metrics.test_acc_best"
+    choice = accuracy_choice(accuracy)
+    value = (record.get("metrics") or {}).get(choice.column)
+    if value is None and choice.missing:
+        return None, choice.missing
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return None, f"status ok but no numeric metrics.{choice.column}"
     problem = _schema_problem(record, path)
     return (None, problem) if problem else (record, None)
 
@@ -97,10 +102,11 @@ def _folder_files(folder: Path) -> tuple[list[Path], str | None]:
     return files, None if files else "no run files (*.json) in it"
 
 
-def load_runs(folders: Sequence[Path]) -> tuple[pd.DataFrame, list[Skipped]]:
+def load_runs(folders: Sequence[Path], accuracy: str = DEFAULT_ACCURACY) -> tuple[pd.DataFrame, list[Skipped]]:
     """Finished runs of every folder as a tidy frame (one row per run, :func:`harness.results.flatten`'s columns,
     among them the recorded ``suite``, ``group``, ``method_role`` and ``method_order``, plus ``file`` and
-    ``device_name``), and what was skipped.
+    ``device_name``), and what was skipped. A run without a number for ``accuracy`` (the report's choice, see
+    :data:`~.schema.ACCURACIES`) is skipped, with the reason.
 
     One config counts once per device: a second file with the same config key and device name (a folder passed
     twice, a copied file) is skipped, since seeds, not repeated files, are what the leaderboard averages over.
@@ -111,7 +117,7 @@ def load_runs(folders: Sequence[Path]) -> tuple[pd.DataFrame, list[Skipped]]:
         if problem:
             skipped.append(Skipped(str(folder), problem))
         for path in files:
-            record, reason = read_run(path)
+            record, reason = read_run(path, accuracy)
             if record is not None:
                 row = _tidy_row(record, path)
                 identity = (row["key"], row["device_name"])

@@ -11,7 +11,7 @@ from .. import stats
 from ..errors import UserError
 from ..vocabulary import SMALL_MODEL_BASELINE, is_uncompressed, level_rank
 from .board import distinct
-from .schema import ROW_KEY, Methods, sort_rows
+from .schema import DEFAULT_ACCURACY, ROW_KEY, Methods, accuracy_choice, sort_rows, with_accuracy
 
 ADVERSE_LABELS = {stats.WORSE: "adverse", stats.BETTER: "compression wins", stats.EQUIVALENT: "equivalent",
                   stats.INCONCLUSIVE: "inconclusive"}
@@ -32,12 +32,15 @@ def _select(runs: pd.DataFrame, device: str, backbone: str, method: str, level: 
                 & (runs["compression"] == level)]
 
 
-def adverse_compression(runs: pd.DataFrame) -> pd.DataFrame:
+def adverse_compression(runs: pd.DataFrame, accuracy: str = DEFAULT_ACCURACY) -> pd.DataFrame:
     """Every compressed row (compression other than ``none``) of every method that is not a small-model baseline,
     against the method(s) whose recorded role is ``small-model baseline`` (``small_peft`` among the built-ins),
     throughput-matched to that level, on the same device and big backbone. Differences are compressed - baseline,
-    in accuracy points. Should several baseline methods have run at a level, each gets a row, its note naming it.
+    in points of ``accuracy`` (:data:`~.schema.ACCURACIES`; another than the default adds the first column
+    ``accuracy``, holding its name). Should several baseline methods have run at a level, each gets a row, its
+    note naming it.
     """
+    choice = accuracy_choice(accuracy)
     methods = Methods.of(runs)
     baselines = methods.with_role(SMALL_MODEL_BASELINE)
     rows = []
@@ -53,11 +56,11 @@ def adverse_compression(runs: pd.DataFrame) -> pd.DataFrame:
         for name, small in partners:
             row = {**key, "small_backbone": distinct(small["small_backbone"]),
                    "matched_throughput_ratio": small["matched_throughput_ratio"].mean(),
-                   **_result_columns(stats.compare(compressed, small), ADVERSE_LABELS)}
+                   **_result_columns(stats.compare(compressed, small, choice.column), ADVERSE_LABELS)}
             if len(partners) > 1:
                 row["note"] = "; ".join(part for part in (f"against {name}", row["note"]) if part)
             rows.append(row)
-    return sort_rows(pd.DataFrame(rows, columns=ADVERSE_COLUMNS), methods)
+    return with_accuracy(sort_rows(pd.DataFrame(rows, columns=ADVERSE_COLUMNS), methods), choice)
 
 
 def _baseline_names(baselines: Sequence[str]) -> str:
@@ -99,8 +102,10 @@ def level_pairs(levels_a: Sequence[str], levels_b: Sequence[str]) -> list[tuple[
     return [(a, b) for a in levels_a for b in levels_b]
 
 
-def compare_methods(runs: pd.DataFrame, a: Selector, b: Selector) -> pd.DataFrame:
-    """The paired test of A - B on each device and backbone, at the levels :func:`level_pairs` gives."""
+def compare_methods(runs: pd.DataFrame, a: Selector, b: Selector, accuracy: str = DEFAULT_ACCURACY) -> pd.DataFrame:
+    """The paired test of A - B on each device and backbone, at the levels :func:`level_pairs` gives, in points
+    of ``accuracy`` (as in :func:`adverse_compression`, the first column ``accuracy`` when not the default)."""
+    choice = accuracy_choice(accuracy)
     labels = {stats.WORSE: f"{a.method} worse", stats.BETTER: f"{a.method} better",
               stats.EQUIVALENT: "equivalent", stats.INCONCLUSIVE: "inconclusive"}
     rows = []
@@ -108,10 +113,10 @@ def compare_methods(runs: pd.DataFrame, a: Selector, b: Selector) -> pd.DataFram
         levels = [_levels(group, selector) for selector in (a, b)]
         for level_a, level_b in level_pairs(*levels):
             result = stats.compare(_select(group, device, backbone, a.method, level_a),
-                                   _select(group, device, backbone, b.method, level_b))
+                                   _select(group, device, backbone, b.method, level_b), choice.column)
             rows.append({"device_name": device, "backbone": backbone, "a": str(Selector(a.method, level_a)),
                          "b": str(Selector(b.method, level_b)), **_result_columns(result, labels)})
-    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    return with_accuracy(pd.DataFrame(rows, columns=COMPARE_COLUMNS), choice)
 
 
 def _levels(runs: pd.DataFrame, selector: Selector) -> list[str]:

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from ..vocabulary import NONE, is_uncompressed
-from .schema import PARETO_METRICS, Methods
+from .schema import PARETO_METRICS, Methods, accuracy_of
 
 AXIS_LABELS = {
     "throughput": "Inference throughput (images/s, higher is better)",
@@ -146,8 +146,11 @@ def write_pareto_plots(board: pd.DataFrame, folder: Path,
                        methods: Methods | None = None) -> tuple[list[Path], list[str]]:
     """``pareto_<metric>.png`` and ``.svg`` for throughput, GMACs and memory; with several devices, one file
     per device (``pareto_<metric>_<device>``). ``methods``: the runs' :class:`Methods` (display order, styles).
-    Returns the files and notes on rows left out."""
+    A board of another accuracy than the default names it in the titles. Returns the files and notes on rows
+    left out."""
     written, notes = [], []
+    choice = accuracy_of(board)
+    accuracy = "accuracy" if choice.is_default else f"accuracy ({choice.label})"
     folder.mkdir(parents=True, exist_ok=True)
     devices = list(dict.fromkeys(board["device_name"]))
     suite = str(board["suite"].iloc[0])
@@ -162,7 +165,7 @@ def write_pareto_plots(board: pd.DataFrame, folder: Path,
                              f"{column}: {', '.join(left_out['method'] + '@' + left_out['compression'])}")
             if len(left_out) == len(rows):
                 continue
-            title = f"{suite} suite: accuracy vs {TITLES[metric]}\n{backbones} on {device}"
+            title = f"{suite} suite: {accuracy} vs {TITLES[metric]}\n{backbones} on {device}"
             written += _save(pareto_figure(rows, metric, title, methods), folder / f"pareto_{metric}{suffix}")
     return written, notes
 

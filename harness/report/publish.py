@@ -17,6 +17,7 @@ import pandas as pd
 from ..results import git_state
 from ..store import write_json_atomic
 from .load import Skipped
+from .schema import DEFAULT_ACCURACY, accuracy_choice
 
 if TYPE_CHECKING:
     from .write import SuiteReport
@@ -44,10 +45,13 @@ def results_root() -> Path:
     return Path(os.environ.get(RESULTS_ENV) or _REPO_ROOT / "results")
 
 
-def provenance(runs: pd.DataFrame, skipped: Iterable[Skipped], command: str) -> dict:
-    """Everything needed to trace a published result back: the report command, every run's config hash,
-    the environments they ran in (runs with the same environment, apart from the date, grouped), what was
-    skipped, and the state of this checkout."""
+def provenance(runs: pd.DataFrame, skipped: Iterable[Skipped], command: str,
+               accuracy: str = DEFAULT_ACCURACY) -> dict:
+    """Everything needed to trace a published result back: the report command, which per-run accuracy it
+    reports (``--accuracy``: its name, the run metric and what it means), every run's config hash, the
+    environments they ran in (runs with the same environment, apart from the date, grouped), what was skipped,
+    and the state of this checkout."""
+    choice = accuracy_choice(accuracy)
     environments: dict[str, dict] = {}
     env_columns = [column for column in runs.columns if column.startswith("env_") and column != "env_date"]
     for _, row in runs.iterrows():
@@ -62,6 +66,7 @@ def provenance(runs: pd.DataFrame, skipped: Iterable[Skipped], command: str) -> 
         entry["first_date"], entry["last_date"] = (dates[0], dates[-1]) if dates else (None, None)
     return {
         "command": command,
+        "accuracy": {"choice": choice.name, "metric": choice.column, "description": choice.description},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(),
         "runs": [{"key": row["key"], "method": row["method"], "compression": row["compression"],

@@ -1,5 +1,5 @@
-"""What the report's frames mean: the row key, the order of levels, groups and methods, and which way each
-metric is better.
+"""What the report's frames mean: the row key, the order of levels, groups and methods, which way each
+metric is better, and which per-run accuracy the report is about (``--accuracy``).
 
 Nothing here knows a method by name: a method's display order and role (:mod:`harness.vocabulary`) come from its
 run records (``method_order``, ``method_role``), gathered into :class:`Methods`.
@@ -11,7 +11,62 @@ from typing import Mapping
 
 import pandas as pd
 
+from ..errors import UserError
 from ..vocabulary import is_uncompressed, level_rank
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """One choice of ``report --accuracy``: the per-run metric every accuracy of the report is computed from."""
+
+    name: str  # the option's value, and what a non-default report writes into its tables' ``accuracy`` column
+    column: str  # the run metric
+    description: str  # for Markdown and console titles: "Top-1 test accuracy (%, <description>)"
+    label: str  # short: plot titles, console verdict titles, notes
+    missing: str | None = None  # why a run lacking the metric is skipped, where it says more than "no number"
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == DEFAULT_ACCURACY
+
+
+ACCURACIES = {choice.name: choice for choice in (
+    Accuracy("best", "test_acc_best", "best evaluation of each run", "best evaluation"),
+    Accuracy("last", "test_acc_last", "last evaluation of each run", "last evaluation"),
+    Accuracy("at-best-val", "test_acc_at_best_val",
+             "at each run's best val evaluation, trained on train alone", "at best val",
+             missing="no test_acc_at_best_val: trained without --selection val"),
+)}
+DEFAULT_ACCURACY = "best"  # PYRA's and V-PETL Bench's: the best of the periodic test evaluations
+# A report with another choice adds this column (holding the choice's name) to every table it writes; the default
+# adds none, so boards published before the choice existed (results/offline, tests/fixtures/schema1_report)
+# rebuild byte-identical, and a table without the column holds the best evaluation.
+ACCURACY_COLUMN = "accuracy"
+BASELINE_ACCURACY_COLUMNS = ("accuracy_old", "accuracy_new")  # a baseline table's, where not both the default
+
+
+def accuracy_choice(name: str) -> Accuracy:
+    """The :class:`Accuracy` called ``name`` (one of :data:`ACCURACIES`)."""
+    try:
+        return ACCURACIES[name]
+    except KeyError:
+        raise UserError(f"unknown accuracy '{name}'; choose one of {', '.join(ACCURACIES)}") from None
+
+
+def accuracy_of(table: pd.DataFrame) -> Accuracy:
+    """Which accuracy a report table (leaderboard, paired table, a leaderboard CSV read back) holds: its
+    ``accuracy`` column, the default without one."""
+    if ACCURACY_COLUMN in table and len(table):
+        return accuracy_choice(str(table[ACCURACY_COLUMN].iloc[0]))
+    return ACCURACIES[DEFAULT_ACCURACY]
+
+
+def with_accuracy(table: pd.DataFrame, choice: Accuracy, position: int = 0) -> pd.DataFrame:
+    """``table`` with the ``accuracy`` column at ``position`` for a non-default choice; unchanged otherwise."""
+    if not choice.is_default:
+        table.insert(position, ACCURACY_COLUMN, choice.name)
+    return table
+
 
 ROW_KEY = ["device_name", "backbone", "method", "compression"]
 PARETO_METRICS = {  # name: (column, higher is better)

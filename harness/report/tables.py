@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ..vocabulary import SMALL_MODEL_BASELINE
-from .schema import group_names, higher_is_better, task_names
+from .schema import (ACCURACY_COLUMN, BASELINE_ACCURACY_COLUMNS, Accuracy, accuracy_choice, accuracy_of, group_names,
+                     higher_is_better, task_names)
 
 MAX_MARKDOWN_TASKS = 8  # leaderboard.md shows per-task accuracies up to this many tasks; the CSV always does
 
@@ -69,9 +70,17 @@ def _best_mask(values: pd.Series, higher: bool | None) -> pd.Series:
     return values == best
 
 
+def accuracy_title(choice: Accuracy) -> str:
+    """What a report's accuracies are: "Top-1 test accuracy (%, best evaluation of each run)", naming the
+    ``--accuracy`` option for a choice other than the default."""
+    option = "" if choice.is_default else f"; report --accuracy {choice.name}"
+    return f"Top-1 test accuracy (%, {choice.description}{option})"
+
+
 def leaderboard_markdown(board: pd.DataFrame) -> str:
     """GitHub Markdown of the main columns; the best value of each column on each device is bold (higher is
-    better for accuracies, throughput, speed-up and PPT, lower for GMACs, memory and tunable parameters)."""
+    better for accuracies, throughput, speed-up and PPT, lower for GMACs, memory and tunable parameters). The
+    title says which accuracy the board holds (:func:`~.schema.accuracy_of`)."""
     from tabulate import tabulate
 
     tasks = task_names(board)
@@ -85,8 +94,8 @@ def leaderboard_markdown(board: pd.DataFrame) -> str:
         best = pd.concat([_best_mask(rows[column], higher) for _, rows in board.groupby("device_name")])
         cells[column] = [f"**{t}**" if is_best else t for t, is_best in zip(text, best.reindex(board.index))]
     headers = [_KEY_HEADERS[key] for key in keys] + [header for _, header, _ in columns]
-    title = (f"# Leaderboard: {board['suite'].iloc[0]} suite\n\nTop-1 test accuracy (%, best evaluation of each "
-             f"run), mean ± std over seeds; group and overall means as defined in the README (\"Analysis and "
+    title = (f"# Leaderboard: {board['suite'].iloc[0]} suite\n\n{accuracy_title(accuracy_of(board))}, mean ± std "
+             f"over seeds; group and overall means as defined in the README (\"Analysis and "
              f"publishing\"). Throughput: median over the row's runs, in brackets their interquartile range as % "
              f"of it (the runs were measured at different times, so it holds the machine's drift too). Bold: the "
              f"best value of each column on each device.\n\n")
@@ -124,9 +133,11 @@ def console_leaderboard(board: pd.DataFrame) -> str:
     return "\n\n".join(blocks)
 
 
-def table_markdown(table: pd.DataFrame) -> str:
+def table_markdown(table: pd.DataFrame, accuracy: Accuracy | None = None) -> str:
     """Markdown of an Adverse Compression, ``--compare`` or baseline table: differences to two decimals,
-    p-values to four, other numbers to three significant digits."""
+    p-values to four, other numbers to three significant digits. A table of another accuracy than the default
+    (``accuracy``, else the table's ``accuracy`` column; a baseline table's ``accuracy_old`` and
+    ``accuracy_new``) opens with a line naming it instead of repeating it in every row."""
     from tabulate import tabulate
 
     def cell(column: str, value: object) -> str:
@@ -136,8 +147,20 @@ def table_markdown(table: pd.DataFrame) -> str:
             return _fixed(2)(value)
         return _number(value) if isinstance(value, (int, float, np.number)) else _plain(value)
 
+    heading = _accuracy_heading(table, accuracy or accuracy_of(table))
+    table = table.drop(columns=[column for column in BASELINE_ACCURACY_COLUMNS + (ACCURACY_COLUMN,)
+                                if column in table])
     cells = [[cell(column, row[column]) for column in table.columns] for _, row in table.iterrows()]
-    return tabulate(cells, headers=list(table.columns), tablefmt="github", disable_numparse=True) + "\n"
+    return heading + tabulate(cells, headers=list(table.columns), tablefmt="github", disable_numparse=True) + "\n"
+
+
+def _accuracy_heading(table: pd.DataFrame, accuracy: Accuracy) -> str:
+    if not accuracy.is_default:
+        return f"{accuracy_title(accuracy)}; differences in its points.\n\n"
+    if all(column in table for column in BASELINE_ACCURACY_COLUMNS) and len(table):
+        old, new = (accuracy_choice(str(table[column].iloc[0])) for column in BASELINE_ACCURACY_COLUMNS)
+        return f"Old board: {accuracy_title(old)}. New board: {accuracy_title(new)}.\n\n"
+    return ""
 
 
 def _plain(value: object) -> str:

@@ -8,11 +8,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from .baseline import baseline_diff, baseline_summary, read_baseline
+from .baseline import accuracy_mismatch, baseline_diff, baseline_summary, read_baseline
 from .board import leaderboard, missing_tasks
 from .paired import Selector, adverse_compression, compare_methods
 from .publish import clear_report_files
-from .schema import Methods
+from .schema import ACCURACIES, DEFAULT_ACCURACY, Accuracy, Methods, accuracy_choice
 from .tables import leaderboard_markdown, table_markdown
 
 
@@ -24,6 +24,7 @@ class SuiteReport:
     folder: Path
     board: pd.DataFrame
     adverse: pd.DataFrame
+    accuracy: Accuracy = ACCURACIES[DEFAULT_ACCURACY]  # the per-run accuracy every table holds
     comparisons: dict[str, pd.DataFrame] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     baseline: str | None = None
@@ -38,38 +39,47 @@ def _write_table(frame: pd.DataFrame, markdown: str, folder: Path, stem: str) ->
 
 
 def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tuple[Selector, Selector]] = (),
-                       baseline: Path | None = None) -> SuiteReport:
+                       baseline: Path | None = None, accuracy: str = DEFAULT_ACCURACY) -> SuiteReport:
     """Leaderboard, Pareto plots, Adverse Compression table, comparisons and baseline differences of one
-    suite's runs, written into ``folder``."""
+    suite's runs, written into ``folder``, all of the per-run ``accuracy`` (:data:`~.schema.ACCURACIES`)."""
     from .plots import write_pareto_plots  # matplotlib loads only when a report is made
 
     folder.mkdir(parents=True, exist_ok=True)
     clear_report_files(folder)
     suite = str(runs["suite"].iloc[0])
     methods = Methods.of(runs)
-    board = leaderboard(runs)
-    report = SuiteReport(suite, folder, board, adverse_compression(runs))
+    board = leaderboard(runs, accuracy)
+    report = SuiteReport(suite, folder, board, adverse_compression(runs, accuracy), accuracy_choice(accuracy))
     report.warnings += [f"{label} lacks {', '.join(tasks)}: its averages over them are NaN"
                         for label, tasks in missing_tasks(board).items()]
     unpretrained = int((~runs["pretrained"].astype(bool)).sum()) if "pretrained" in runs else 0
     if unpretrained:
         report.warnings.append(f"{unpretrained} of {len(runs)} runs adapted a backbone without pretrained weights")
+    on_train_only = int((runs["train_selection"] == "val").sum()) if "train_selection" in runs else 0
+    if 0 < on_train_only < len(runs):
+        report.warnings.append(f"{on_train_only} of {len(runs)} runs trained on the train split alone (--selection "
+                               f"val), the others on train + val: rows may mix the two protocols")
     report.written += _write_table(board, leaderboard_markdown(board), folder, "leaderboard")
     plots, skipped_plots = write_pareto_plots(board, folder, methods)
     report.written += plots
     report.warnings += skipped_plots
-    report.written += _write_table(report.adverse, table_markdown(report.adverse), folder, "adverse_compression")
+    report.written += _write_table(report.adverse, table_markdown(report.adverse, report.accuracy), folder,
+                                   "adverse_compression")
     for a, b in compare:
-        table = compare_methods(runs, a, b)
+        table = compare_methods(runs, a, b, accuracy)
         if table.empty:
             report.warnings.append(f"--compare {a},{b}: no runs of both on one device and backbone in suite {suite}")
             continue
         stem = _file_safe(f"compare_{a}_vs_{b}")
         report.comparisons[stem] = table
-        report.written += _write_table(table, table_markdown(table), folder, stem)
+        report.written += _write_table(table, table_markdown(table, report.accuracy), folder, stem)
     if baseline is not None:
-        diff = baseline_diff(board, read_baseline(baseline), methods)
+        old = read_baseline(baseline)
+        diff = baseline_diff(board, old, methods)
         report.baseline = baseline_summary(diff, str(baseline))
+        mismatch = accuracy_mismatch(board, old, str(baseline))
+        if mismatch:
+            report.warnings.append(mismatch)
         report.written += _write_table(diff, table_markdown(diff), folder, "baseline_diff")
     return report
 

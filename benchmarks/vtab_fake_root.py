@@ -3,7 +3,7 @@
     python benchmarks/vtab_fake_root.py ROOT [--train 800 --val 200 --test 200] [--side 48] [--plant-bad]
 
 All 19 tasks in the layout NOAH's and PYRA's get_vtab1k.py write (random JPEGs; several folders under the other
-names that circulate; one task with only PYRA's two list files). ``--plant-bad`` then damages seven tasks, one
+names that circulate; one task with only PYRA's two list files). ``--plant-bad`` then damages eight tasks, one
 way each (empty list, label out of range, missing images, a truncated image, a malformed line, a missing
 folder), and prints what was planted where, so the run's one-line reasons can be checked against it.
 """

@@ -52,13 +52,29 @@ KNOWN_BACKBONES: dict[str, BackboneInfo] = {name: BackboneInfo(name, **fields)
                                             for name, fields in presets.load("backbones")["backbones"].items()}
 
 
+def known_backbone_named(name: str) -> BackboneInfo | None:
+    """The entry of backbone ``name`` (by its timm name and tag, else by architecture alone), or None."""
+    arch = name.split(".")[0]
+    return KNOWN_BACKBONES.get(name) or next(
+        (info for known, info in KNOWN_BACKBONES.items() if known.split(".")[0] == arch), None)
+
+
 def known_backbone(model: nn.Module) -> BackboneInfo | None:
-    """The entry of ``model``'s backbone (by its timm name and tag, else by architecture alone), or None."""
+    """The entry of ``model``'s backbone, from the timm name and tag it was created with."""
     cfg = model.pretrained_cfg  # every timm model has one
     name = cfg.get("architecture", "")
-    tagged = f"{name}.{cfg['tag']}" if cfg.get("tag") else name
-    return KNOWN_BACKBONES.get(tagged) or next(
-        (info for known, info in KNOWN_BACKBONES.items() if known.split(".")[0] == name), None)
+    return known_backbone_named(f"{name}.{cfg['tag']}" if cfg.get("tag") else name)
+
+
+def pretrained_cfg(name: str) -> PretrainedCfg | None:
+    """timm's pretrained config of ``name`` (None for an architecture it has none for); a tag timm does not know
+    is a one-line :class:`UserError` listing the ones it does."""
+    try:
+        return timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    except RuntimeError:  # timm: "Invalid pretrained tag"
+        arch, _ = timm.models.split_model_name_tag(name)
+        tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
+        raise UserError(f"backbone '{name}': timm knows no such pretrained tag; its tags: {tags}") from None
 
 
 def smaller_in_family(info: BackboneInfo) -> list[BackboneInfo]:
@@ -139,7 +155,7 @@ def has_pretrained_weights(name: str) -> bool:
     arch, _ = timm.models.split_model_name_tag(name)
     if arch in default_cfgs:
         return shipped_weights(arch).is_file()
-    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    cfg = pretrained_cfg(name)
     return bool(cfg and cfg.has_weights)
 
 
@@ -175,6 +191,7 @@ def check_supported(name: str) -> None:
     if not timm.is_model(arch):
         known = ", ".join(KNOWN_BACKBONES)
         raise UserError(f"unknown backbone '{name}'; known backbones: {known} (or any timm VisionTransformer name)")
+    pretrained_cfg(name)  # a bad tag is refused here too
     with torch.device("meta"):  # shapes only: no memory, no weights
         model = timm.create_model(arch, pretrained=False)
     problem = unsupported_structure(model)
@@ -242,7 +259,7 @@ def resolve_weights(name: str, weights: Path | None = None) -> Path:
     arch, _ = timm.models.split_model_name_tag(name)
     if arch in default_cfgs:
         return _shipped_files(arch)[0]
-    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    cfg = pretrained_cfg(name)
     if cfg is None or not cfg.has_weights:
         raise UserError(f"backbone '{name}' has no pretrained weights in timm, so it would start from a random "
                         f"init; pass --no-pretrained to train it from scratch, or --weights PATH")

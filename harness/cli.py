@@ -246,7 +246,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
         _check_writable(out)
     started = time.perf_counter()
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")
-    task_data = load_tasks(task_names, data_root, check_images)
+    task_data = load_tasks(task_names, data_root, check_images, selection)
     _print_tasks(task_data)
     overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size,
                  "selection": selection}
@@ -263,7 +263,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     store = RunStore(out)
     if isolate:
         plugin_paths = [str(Path(source).resolve()) if source.endswith(".py") else source for source in plugin_sources]
-        executor = isolated_executor(task_data, store, resolved_device, plugin_paths, data_root)
+        executor = isolated_executor(task_data, store, resolved_device, plugin_paths, data_root, threads)
     else:
         executor = inline_executor(task_data, store, resolved_device, click.echo)
     records = run_all(configs, store, executor, force=force, log=click.echo)
@@ -280,8 +280,6 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
 @main.command("migrate", context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--plugins", multiple=True, help="Plugin .py file or module whose tasks or methods the runs used.")
-@click.option("--data-root", type=click.Path(path_type=Path), envvar="ADAPTBENCH_DATA", default=None,
-              help="Folder holding the on-disk datasets the runs used (VTAB-1k); also $ADAPTBENCH_DATA.")
 def migrate(**options: object) -> None:
     """Upgrade the run files in RUNS (folders) written before records described their own method and task, so
     that `report` reads them. Files are replaced atomically; configs, keys and figures stay as they were.
@@ -291,11 +289,11 @@ def migrate(**options: object) -> None:
     _exit_with(lambda: _migrate(**options))
 
 
-def _migrate(runs: tuple[Path, ...], plugins: tuple[str, ...], data_root: Path | None) -> int:
+def _migrate(runs: tuple[Path, ...], plugins: tuple[str, ...]) -> int:
     from .migrate import migrate as upgrade
 
     registry.load_plugins([source for value in plugins for source in _split(value)])
-    result = upgrade(runs, data_root)
+    result = upgrade(runs)
     for problem in result.problems:
         click.echo(f"not upgraded: {problem}", err=True)
     click.echo(f"{len(result.upgraded)} run file(s) upgraded, {len(result.current)} already current, "

@@ -1,9 +1,12 @@
-"""Child process of ``--isolate``: ``python -m harness.isolated CONFIG_JSON OUT_DIR DEVICE DATA_ROOT [PLUGIN ...]``."""
+"""Child process of ``--isolate``:
+``python -m harness.isolated CONFIG_JSON OUT_DIR DEVICE THREADS DATA_ROOT [PLUGIN ...]`` (THREADS 0: torch's choice)."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
+import torch
 
 from . import registry
 from .config import RunConfig
@@ -13,10 +16,13 @@ from .store import STATUS_OK, RunStore
 
 
 def main(argv: list[str]) -> int:
-    config_json, out_dir, device, data_root, *plugins = argv
+    config_json, out_dir, device, threads, data_root, *plugins = argv
+    if int(threads):
+        torch.set_num_threads(int(threads))
     registry.load_plugins(plugins)
     config = RunConfig.from_dict(json.loads(config_json))
-    task = load_tasks([config.task], Path(data_root) if data_root else None)[config.task]
+    task = load_tasks([config.task], Path(data_root) if data_root else None,
+                      selection=config.train.selection)[config.task]
     record = execute(config, task, RunStore(Path(out_dir)), resolve_device(device),
                      lambda line: print(line, flush=True))
     return 0 if record["status"] == STATUS_OK else 1

@@ -1,9 +1,9 @@
 """Upgrade run files written before records described their method and task (schema 1) to schema 2.
 
 A schema-2 record carries ``method_info`` (roles, display order) and ``task_info`` (suite, group, classes, split
-sizes), which the report reads instead of asking the plugin registry. Migration fills them from the registry
-once, with the plugins the runs used loaded, and replaces each file atomically; the config, its key and every
-measured figure stay as they were.
+sizes), which the report reads instead of asking the plugin registry. Migration fills in what the registry
+knows, once, with the plugins the runs used loaded, and replaces each file atomically; the config, its key and
+every measured figure stay as they were.
 """
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from typing import Sequence
 
 from . import registry
 from .errors import UserError
-from .plan import load_tasks
-from .runner import task_info
 from .store import SCHEMA_VERSION, is_run_record, read_json, run_files, write_json_atomic
 
 
@@ -25,11 +23,12 @@ class Migration:
     problems: list[str]  # "<file>: <why it was left as it was>"
 
 
-def migrate(folders: Sequence[Path], data_root: Path | None = None) -> Migration:
+def migrate(folders: Sequence[Path]) -> Migration:
     """Upgrade every schema-1 run file of ``folders`` in place; a file that cannot be upgraded is left as it
-    was and named in ``problems``, and the others go on."""
+    was and named in ``problems``, and the others go on. The data is not read: what a schema-1 run trained on
+    (its split sizes, list files, fingerprint) was never recorded, and today's data may differ, so only what the
+    registry knows for certain is added (suite, group, the method's role and order)."""
     upgraded, current, problems = [], [], []
-    tasks: dict = {}
     for folder in folders:
         for path in run_files(Path(folder)):
             record = read_json(path)
@@ -40,10 +39,9 @@ def migrate(folders: Sequence[Path], data_root: Path | None = None) -> Migration
                 continue
             config = record["config"]
             try:
-                if config["task"] not in tasks:
-                    tasks.update(load_tasks([config["task"]], data_root))
+                task = registry.get_task(config["task"])
                 record.update(schema=SCHEMA_VERSION, method_info=registry.get_method(config["method"]).info(),
-                              task_info=task_info(config["task"], tasks[config["task"]]))
+                              task_info={"suite": task.suite, "group": task.group, "migrated_from_schema": 1})
             except UserError as exc:
                 problems.append(f"{path}: {exc}")
                 continue

@@ -19,7 +19,7 @@ from .adapt import adapt, merge_for_inference
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import Normalize, TaskData, make_loader
-from .measure import (MeasureConfig, autocast, count_gmacs, count_parameters, deployed_throughput, gmacs_per_block,
+from .measure import (MeasureConfig, autocast, count_gmacs, count_parameters, gmacs_per_block, inference_throughput,
                       measure_until_quiet, peak_memory, silence_native_stderr)
 from .train import Trainer, build_optimizer, fit, selection_splits
 
@@ -106,7 +106,8 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     """Everything one run does between its config and its metrics; ``run_dir`` receives its TensorBoard
     scalars and, with ``--profile``, its profiler traces."""
     seed_everything(config.seed)
-    task = task.at_size(config.data.img_size, config.data.interpolation)  # decoded here, before anything trains
+    # Decoded here, before anything trains; only the splits this run reads.
+    task = task.at_size(config.data.img_size, config.data.interpolation, config.train.selection)
     model = create_backbone(config.backbone, task.num_classes, pretrained=config.pretrained,
                             img_size=task.image_size, drop_path_rate=config.train.drop_path,
                             weights=Path(config.weights) if config.weights else None)
@@ -165,10 +166,11 @@ def measure_inference(model: torch.nn.Module, image_size: int, device: torch.dev
                       settings: MeasureConfig) -> dict:
     """Throughput at every batch of the sweep, each measured again while noisy (up to ``settings.attempts``
     times); the first batch gives the headline columns."""
+    measured = torch.compile(model) if settings.compile else model  # once: every batch and attempt reuse it
     metrics: dict = {"precision": settings.precision, "compiled": settings.compile}
     for index, batch in enumerate(settings.batches):
         throughput = measure_until_quiet(
-            lambda: deployed_throughput(model, image_size, device, settings, batch_size=batch),
+            lambda: inference_throughput(measured, image_size, device, batch_size=batch, settings=settings),
             settings.max_spread, settings.attempts)
         metrics[f"infer_img_per_s_b{throughput.batch_size}"] = throughput.median  # the batch that fitted
         if batch == 1:

@@ -12,14 +12,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from . import presets, registry
 from .adapt import adapt
-from .backbones import KNOWN_BACKBONES, smaller_in_family
+from .backbones import known_backbone_named, pretrained_cfg, smaller_in_family
 from .config import DataConfig, RunConfig
 from .data import TaskData, check_task, content_identity
 from .errors import BadOption, UserError
-from .vocabulary import NONE
+from .vocabulary import NONE, SMALL_MODEL_BASELINE
 from .measure import MeasureConfig
 from .preflight import preflight
-from .vocabulary import SMALL_MODEL_BASELINE
 from .train import TrainConfig
 
 
@@ -45,8 +44,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_tasks(names: Sequence[str], data_root: Path | None, check_images: bool = False) -> dict[str, TaskData]:
-    """Build (or read from cache) every task's data and check it before any run starts.
+def load_tasks(names: Sequence[str], data_root: Path | None, check_images: bool = False,
+               selection: str = "test") -> dict[str, TaskData]:
+    """Build (or read from cache) every task's data and check what runs with ``selection`` will read, before any
+    run starts.
 
     A task whose data cannot be had or is bad keeps its ``problem`` (one line naming the file), so its runs are
     recorded as failed with that reason while the other tasks run.
@@ -60,7 +61,7 @@ def load_tasks(names: Sequence[str], data_root: Path | None, check_images: bool 
         except UserError as exc:
             task = TaskData.unavailable(str(exc))
         if task.problem is None:
-            task.problem = check_task(task, check_images)
+            task.problem = check_task(task, check_images, selection)
         if not task.identity:
             task.identity = content_identity(task)
         tasks[name] = task
@@ -70,17 +71,18 @@ def load_tasks(names: Sequence[str], data_root: Path | None, check_images: bool 
 NORMALIZATIONS = ("backbone", "imagenet")
 
 
-def data_config(task: TaskData, backbone: str, img_size: int | None, normalization: str) -> DataConfig:
+def data_config(task: TaskData, backbone: str, img_size: int | None, normalization: str,
+                selection: str = "test") -> DataConfig:
     """Size, filter and normalisation of a task's images for ``backbone``.
 
     Size: ``img_size`` if given, else the task's own (images in memory), else the backbone's pretrained input size
     (images on disk), so ViT-B/16 gets 224 and a micro ViT 32. Normalisation: the task's own mean/std where it
     declares them; else ``backbone`` (its timm ``pretrained_cfg``) or ``imagenet``. PYRA normalises
     ``orig_in21k`` weights with ImageNet's mean/std although timm declares 0.5 for them: ``imagenet`` follows it.
+    The fingerprint is of what a run with ``selection`` reads. A broken task's failed runs get the settings its
+    repaired runs will have (where the backbone is known), so a rerun replaces their files.
     """
-    if task.problem is not None:
-        return DataConfig(fingerprint=task.fingerprint)
-    cfg = timm.models.get_pretrained_cfg(backbone, allow_unregistered=True)
+    cfg = pretrained_cfg(backbone) if backbone != UNAVAILABLE else None
     cfg = cfg.to_dict() if cfg is not None else {}
     size = img_size or task.image_size or cfg.get("input_size", (3, 224, 224))[-1]
     if task.mean is not None and task.std is not None:
@@ -89,7 +91,7 @@ def data_config(task: TaskData, backbone: str, img_size: int | None, normalizati
         source, mean, std = "backbone", cfg["mean"], cfg["std"]
     else:
         source, mean, std = "imagenet", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    return DataConfig(task.fingerprint, int(size), cfg.get("interpolation") or "bicubic", source,
+    return DataConfig(task.fingerprint_for(selection), int(size), cfg.get("interpolation") or "bicubic", source,
                       tuple(mean), tuple(std))
 
 
@@ -115,8 +117,8 @@ def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequ
     for task_name, task in tasks.items():
         task_backbone = backbone or task.default_backbone or UNAVAILABLE
         usable = task.problem is None
-        use_pretrained = found[task_backbone] is not None if usable else bool(pretrained)
-        data = data_config(task, task_backbone, img_size, normalization)
+        use_pretrained = found[task_backbone] is not None if usable else pretrained is not False
+        data = data_config(task, task_backbone, img_size, normalization, train_overrides.get("selection") or "test")
         epochs = train_overrides.get("epochs") or task.default_epochs
         defaults = {"epochs": epochs, "warmup_epochs": round(epochs / 10), "eval_every": max(1, epochs // 10)}
         train = TrainConfig(**{**defaults, **{k: v for k, v in train_overrides.items() if v is not None}})
@@ -138,8 +140,8 @@ def _smaller_models(backbones: Sequence[str], specs: Sequence) -> list[str]:
     planned backbone's family."""
     if not any(spec.role == SMALL_MODEL_BASELINE for spec in specs):
         return []
-    return [smaller.name for name in dict.fromkeys(backbones) if name in KNOWN_BACKBONES
-            for smaller in smaller_in_family(KNOWN_BACKBONES[name])]
+    known = [info for name in dict.fromkeys(backbones) if (info := known_backbone_named(name)) is not None]
+    return [smaller.name for info in known for smaller in smaller_in_family(info)]
 
 
 def _sha256(path: Path) -> str:
@@ -162,6 +164,6 @@ def describe_plan(configs: Sequence[RunConfig]) -> list[str]:
     for index, config in enumerate(configs, 1):
         train = dataclasses.asdict(config.train)
         lines.append(f"[{index}/{len(configs)}] {config.label}  pretrained={config.pretrained} "
-                     f"device={config.device} epochs={train['epochs']} lr={train['lr']} "
+                     f"device={config.device} img={config.data.img_size} epochs={train['epochs']} lr={train['lr']} "
                      f"batch={train['batch_size']}  -> {config.file_stem}.json")
     return lines

@@ -80,19 +80,23 @@ def inline_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.d
 
 
 def isolated_command(config: RunConfig, store: RunStore, device: torch.device, plugins: Sequence[str],
-                     data_root: Path | None) -> list[str]:
-    """The child's command line: the full device (``cuda:1`` stays ``cuda:1``), not just the config's type."""
+                     data_root: Path | None, threads: int | None = None) -> list[str]:
+    """The child's command line: the full device (``cuda:1`` stays ``cuda:1``), not just the config's type, and
+    the parent's ``--threads`` (0: torch's choice)."""
     return [sys.executable, "-m", "harness.isolated", json.dumps(config.to_dict()), str(store.folder),
-            str(device), str(data_root or ""), *plugins]
+            str(device), str(threads or 0), str(data_root or ""), *plugins]
 
 
 def isolated_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.device, plugins: Sequence[str],
-                      data_root: Path | None) -> Executor:
+                      data_root: Path | None, threads: int | None = None) -> Executor:
     """Runs each config in a fresh Python process, so no allocator or compile state from an earlier run can
-    change its figures; the child's progress goes to our stdout and its result file is read back."""
+    change its figures; the child's progress goes to our stdout and its result file is read back. A run of a
+    task with bad data is recorded here: there is nothing to isolate, and the reason is the parent's."""
 
     def run(config: RunConfig) -> dict:
-        subprocess.run(isolated_command(config, store, device, plugins, data_root), check=False)
+        if tasks[config.task].problem is not None:
+            return execute(config, tasks[config.task], store, device, lambda line: None)
+        subprocess.run(isolated_command(config, store, device, plugins, data_root, threads), check=False)
         record = store.read(config)
         if record is None or record.get("status") == STATUS_RUNNING:
             record = {**new_record(config, tasks[config.task]), "status": STATUS_FAILED,

@@ -1,7 +1,8 @@
 """The run store: one JSON file per run in a folder, written atomically, plus the aggregate ``results.csv``.
 
-Every reader and writer of run files goes through here (the runner, its executors and the report), so a run's
-path, atomic writing and what "finished" means are defined once. A file is only ever replaced whole (write to a
+Every writer of run files goes through here (the runner, its executors, migration), and so does every reader
+that acts on them (reuse, results.csv), so a run's path, atomic writing and what "finished" means are defined
+once; the report reads the files itself, to name each one it cannot use and why. A file is only ever replaced whole (write to a
 temporary file in the same folder, then rename), so a crash, a kill or a parallel writer never leaves a partial
 record, and ``results.csv`` is rebuilt from the files, never appended to.
 """

@@ -29,7 +29,9 @@ def find_task_folder(data_root: Path | None, name: str) -> Path:
     folders = VTAB_TASKS[name]["folders"]
     if data_root is None:
         raise BadOption(f"VTAB-1k task '{name}' needs its data on disk: pass --data-root (or set "
-                                f"ADAPTBENCH_DATA) to the folder holding {name}/ and the other VTAB-1k folders")
+                        f"ADAPTBENCH_DATA) to the folder holding {name}/ and the other VTAB-1k folders")
+    if not data_root.is_dir():
+        raise BadOption(f"--data-root {data_root} is not a folder; pass the folder holding the VTAB-1k task folders")
     for folder in folders:
         if (data_root / folder).is_dir():
             return data_root / folder

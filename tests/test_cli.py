@@ -182,7 +182,7 @@ def test_report_reads_the_runners_own_files(plugin_file, tiny_run, tmp_path):
 
 @pytest.mark.parametrize("refuse", [False, True])
 def test_noisy_throughput_is_measured_again_then_flagged_or_refused(plugin_file, tmp_path, monkeypatch, refuse):
-    import harness.measure
+    import harness.pipeline
     from harness.measure import Throughput
 
     calls = []
@@ -191,7 +191,7 @@ def test_noisy_throughput_is_measured_again_then_flagged_or_refused(plugin_file,
         calls.append(batch_size)
         return Throughput(median=100.0, iqr=50.0 - len(calls), repeats=7, batch_size=batch_size)
 
-    monkeypatch.setattr(harness.measure, "inference_throughput", noisy)
+    monkeypatch.setattr(harness.pipeline, "inference_throughput", noisy)
     out = tmp_path / "runs"
     result = invoke("--plugins", str(plugin_file), "--methods", "bitfit", "--tasks", "tiny", "--bench-batch", "8",
                     "--out", str(out), *(["--refuse-noisy"] if refuse else []))

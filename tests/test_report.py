@@ -651,3 +651,18 @@ def test_runs_of_both_training_protocols_in_one_suite_are_noted(tmp_path):
             "mix the two protocols") in warnings
     only_val, _ = report.load_runs([write_runs(tmp_path / "val", scored())], "at-best-val")
     assert not any("protocols" in warning for warning in report.write_suite_report(only_val, tmp_path / "r2").warnings)
+
+
+def test_runs_of_one_row_and_task_on_different_data_are_named_as_pooled(tmp_path):
+    def on_data(seed, fingerprint, normalization="backbone"):
+        record = run_record("lora", "count", seed=seed)
+        record["config"]["data"] = {"fingerprint": fingerprint, "img_size": 32, "normalization": normalization}
+        record["key"] = f"{seed}{fingerprint}{normalization}"[:12]
+        return record
+
+    same = report.load_runs([write_runs(tmp_path / "same", [on_data(0, "aaa"), on_data(1, "aaa")])])[0]
+    assert not any("pools" in note for note in report.write_suite_report(same, tmp_path / "r1").warnings)
+    mixed = report.load_runs([write_runs(tmp_path / "mixed", [on_data(0, "aaa"), on_data(1, "bbb", "imagenet")])])[0]
+    notes = [note for note in report.write_suite_report(mixed, tmp_path / "r2").warnings if "pools" in note]
+    assert len(notes) == 2 and "count on 2 different data (data_fingerprint)" in notes[0]
+    assert "2 different normalisations (data_normalization)" in notes[1]

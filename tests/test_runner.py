@@ -1,4 +1,5 @@
 """The executors' seam, the run store and what a run records about its device and host allocator."""
+import json
 import platform
 
 import pytest
@@ -39,20 +40,20 @@ def test_run_all_reuses_finished_runs_and_hands_the_others_to_its_executor(tmp_p
 def test_isolated_child_is_given_the_full_device_not_just_its_type(tmp_path):
     """--device cuda:1 --isolate ran on cuda:0: the config keeps only the type, and the child re-resolved it."""
     run_config = config(device="cuda")
-    command = runner.isolated_command(run_config, RunStore(tmp_path), torch.device("cuda", 1), ["plugin.py"], None)
-    assert command[command.index(str(tmp_path)) + 1] == "cuda:1"
+    command = runner.isolated_command(run_config, RunStore(tmp_path), torch.device("cuda", 1), ["plugin.py"], None,
+                                      threads=3)
+    assert command[command.index(str(tmp_path)) + 1:][:2] == ["cuda:1", "3"]
 
 
-def test_isolated_child_runs_on_the_device_it_is_given(monkeypatch, tmp_path):
-    resolved, executed = [], []
+def test_isolated_child_runs_on_the_device_and_threads_it_is_given(monkeypatch, tmp_path):
+    resolved, executed, threads = [], [], []
     monkeypatch.setattr(isolated, "resolve_device", lambda name: resolved.append(name) or torch.device("cpu"))
-    monkeypatch.setattr(isolated, "load_tasks", lambda names, root: {name: object() for name in names})
+    monkeypatch.setattr(isolated, "load_tasks", lambda names, root, **options: {name: object() for name in names})
     monkeypatch.setattr(isolated, "execute", lambda *args: executed.append(args) or {"status": STATUS_OK})
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
     run_config = config(device="cuda")
-    import json
-
-    assert isolated.main([json.dumps(run_config.to_dict()), str(tmp_path), "cuda:1", ""]) == 0
-    assert resolved == ["cuda:1"] and executed[0][0] == run_config
+    assert isolated.main([json.dumps(run_config.to_dict()), str(tmp_path), "cuda:1", "1", ""]) == 0
+    assert resolved == ["cuda:1"] and executed[0][0] == run_config and threads == [1]
 
 
 def test_environment_records_the_device_with_its_index(monkeypatch):

@@ -9,10 +9,11 @@ import torch
 from click.testing import CliRunner
 from vtab_root import PYRA_ONLY, TASKS, VARIANT_FOLDERS, make_vtab_root, write_task
 
+import harness
 from harness import registry
 from harness.cli import main
 from harness.data import ImageList, decode
-from harness.plan import data_config, load_tasks
+from harness.plan import data_config, load_tasks, plan_runs
 
 MICRO = "vit_micro_small_patch4_32"
 
@@ -157,7 +158,9 @@ def test_decoding_resizes_straight_to_the_square_and_is_cached(vtab_root, monkey
     assert decoded.test.images.shape == (6, 3, 16, 16) and decoded.test.images.dtype == torch.uint8
     assert np.array_equal(decoded.test.images.numpy(), decode(task.test, 16))
     assert torch.equal(decoded.test.labels, torch.as_tensor([i % 10 for i in range(6)]))
-    assert len(list((tmp_path / "decoded").glob("*-16-bicubic.npy"))) == 4  # one per list
+    # Only what a run selecting on test reads: PYRA's training list and the test list.
+    assert len(list((tmp_path / "decoded").glob("*-16-bicubic.npy"))) == 2 and decoded.train is None
+    assert task.at_size(16, selection="val").train.images.shape == (8, 3, 16, 16)
     assert torch.equal(task.at_size(16).test.images, decoded.test.images)  # read back from the cache
 
 
@@ -178,3 +181,54 @@ def test_selection_on_val_trains_on_train800_and_records_the_test_accuracy_at_th
     assert metrics["test_acc_at_best_val"] in [entry["test_acc"] for entry in metrics["curve"] if "val_acc" in entry]
     assert found[PYRA_ONLY]["status"] == "failed"  # PYRA's two files hold no separate val split
     assert found[PYRA_ONLY]["reason"].startswith("--selection val needs separate train and val splits")
+
+
+def test_a_list_the_run_does_not_read_does_not_change_its_key(tmp_path):
+    folder = write_task(tmp_path, "dtd", pyra_only=True)
+    before = load_tasks(["dtd"], tmp_path)["dtd"]
+    (folder / "train800.txt").write_text("images/train800/000000.jpg 0\n")
+    (folder / "val200.txt").write_text("images/val200/000000.jpg 0\n")
+    after = load_tasks(["dtd"], tmp_path)["dtd"]
+    assert after.problem is None and after.train is not None
+    assert after.fingerprint_for("test") == before.fingerprint_for("test")  # trains on train800val200.txt either way
+    assert after.fingerprint_for("val") != after.fingerprint_for("test")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "vit_base_patch16_224.no_such_tag"], "backbone 'vit_base_patch16_224.no_such_tag': timm knows "
+                                                          "no such pretrained tag; its tags: "),
+    (["--tasks", "eurosat", "--data-root", "{missing}"], "--data-root {missing} is not a folder"),
+])
+def test_bad_options_are_one_line_before_anything_runs(args, message, tmp_path):
+    args = [arg.format(missing=tmp_path / "nowhere") for arg in args]
+    result = invoke("--tasks", "count", *args, "--dry-run")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: " + message.format(missing=tmp_path / "nowhere"))
+
+
+def test_a_label_that_is_no_integer_names_its_line(tmp_path):
+    (tmp_path / "test.txt").write_text("a.jpg 1\nb.jpg --3\n")
+    with pytest.raises(harness.UserError, match=r"test.txt:2: expected 'path label', got 'b.jpg --3'"):
+        ImageList.read(tmp_path, tmp_path / "test.txt")
+
+
+def test_a_damaged_decoded_cache_is_decoded_again(vtab_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
+    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
+    first = task.at_size(8).test.images.clone()
+    for path in (tmp_path / "decoded").glob("*.npy"):
+        path.write_bytes(b"")  # e.g. a full disk
+    assert torch.equal(task.at_size(8).test.images, first)
+
+
+def test_an_isolated_sweep_records_a_broken_tasks_runs_without_a_child(monkeypatch, tmp_path):
+    from harness import runner
+    from harness.store import RunStore
+
+    monkeypatch.setattr(runner, "isolated_command", lambda *args: pytest.fail("no child for a broken task"))
+    tasks = load_tasks(["eurosat"], tmp_path)  # no such folder: the task's problem
+    configs = plan_runs(["lora"], tasks, seeds=[0], compressions=None, backbone=MICRO, pretrained=None,
+                        device=torch.device("cpu"), train_overrides={})
+    executor = runner.isolated_executor(tasks, RunStore(tmp_path / "runs"), torch.device("cpu"), [], tmp_path)
+    record = executor(configs[0])
+    assert record["status"] == "failed" and record["reason"].startswith("VTAB-1k folder for 'eurosat' not found")

@@ -12,7 +12,7 @@ from .baseline import accuracy_mismatch, baseline_diff, baseline_summary, read_b
 from .board import leaderboard, missing_tasks
 from .paired import Selector, adverse_compression, compare_methods
 from .publish import clear_report_files
-from .schema import ACCURACIES, DEFAULT_ACCURACY, Accuracy, Methods, accuracy_choice
+from .schema import ACCURACIES, DEFAULT_ACCURACY, ROW_KEY, Accuracy, Methods, accuracy_choice, row_label
 from .tables import leaderboard_markdown, table_markdown
 
 
@@ -29,6 +29,25 @@ class SuiteReport:
     warnings: list[str] = field(default_factory=list)
     baseline: str | None = None
     written: list[Path] = field(default_factory=list)
+
+
+# What a row's runs of one task should share besides the row key: the same data, seen the same way.
+DATA_COLUMNS = {"data_fingerprint": "data", "data_img_size": "image sizes", "data_normalization": "normalisations"}
+
+
+def pooled_data(runs: pd.DataFrame) -> list[str]:
+    """Rows whose runs of one task differ in data, image size or normalisation (two copies of VTAB-1k, or
+    --normalize changed between sweeps): the leaderboard averages them as if they were seeds, so say so."""
+    notes = []
+    for column, what in DATA_COLUMNS.items():
+        if column not in runs:
+            continue
+        counts = runs.groupby([*ROW_KEY, "task"])[column].nunique()
+        for (device, backbone, method, level, task), count in counts[counts > 1].items():
+            label = row_label({"device_name": device, "backbone": backbone, "method": method, "compression": level})
+            notes.append(f"{label} pools runs of {task} on {count} different {what} ({column}); report them "
+                         f"from separate folders to keep them apart")
+    return notes
 
 
 def _write_table(frame: pd.DataFrame, markdown: str, folder: Path, stem: str) -> list[Path]:
@@ -59,6 +78,7 @@ def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tu
     if 0 < on_train_only < len(runs):
         report.warnings.append(f"{on_train_only} of {len(runs)} runs trained on the train split alone (--selection "
                                f"val), the others on train + val: rows may mix the two protocols")
+    report.warnings += pooled_data(runs)
     report.written += _write_table(board, leaderboard_markdown(board), folder, "leaderboard")
     plots, skipped_plots = write_pareto_plots(board, folder, methods)
     report.written += plots

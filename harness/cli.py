@@ -134,6 +134,9 @@ DEFAULTS = presets.load("defaults")
 
 
 @main.command("run", cls=RunCommand, context_settings=CONTEXT, epilog=RUN_EPILOG)
+@click.option("--preset", type=click.Choice([*presets.paper_presets(), "list"]), default=None,
+              help="A paper's whole set-up (harness/presets/paper/): methods, tasks, levels, backbone, recipe, "
+                   "normalisation, timing; any option given explicitly overrides it. 'list' shows them.")
 @click.option("--methods", default=",".join(DEFAULTS["methods"]), show_default=True,
               help="Comma-separated methods (see --list).")
 @click.option("--tasks", default=",".join(DEFAULTS["tasks"]), show_default=True,
@@ -150,6 +153,14 @@ DEFAULTS = presets.load("defaults")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate of AdamW.  [default: 1e-3]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch.")
+@click.option("--train-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Training and evaluation precision: fp32 (the paper's), or autocast in bf16 or fp16 (fp16 with a "
+                   "gradient scaler). Recorded in every row; the report notes runs not trained in fp32.")
+@click.option("--tf32/--no-tf32", default=False, show_default=True, help="CUDA: TF32 matmuls and convolutions.")
+@click.option("--cudnn-benchmark", is_flag=True, help="CUDA: let cuDNN pick the fastest kernels (cudnn.benchmark).")
+@click.option("--compile-train", is_flag=True, help="torch.compile the model for training.")
+@click.option("--no-save-adapters", is_flag=True,
+              help="Do not save each run's trainable parameters (<out>/<run>.adapter.safetensors).")
 @click.option("--selection", type=click.Choice(SELECTIONS), default="test", show_default=True,
               help="What picks the reported evaluation: test (PYRA's protocol: train on train + val, report the "
                    "best test evaluation and the last) or val (train on train only, evaluate val and test each "
@@ -215,20 +226,58 @@ def run(**options: object) -> None:
     on the CPU in a few minutes. Each run writes one JSON file to --out; results.csv aggregates them.
     Exit code: 0 all runs ok, 1 some run failed (recorded with its reason), 2 bad input.
     """
-    _exit_with(lambda: _main(**options))
+    _exit_with(lambda: _main(**_with_preset(options)))
+
+
+# A preset value that goes with another option is dropped when that option is given: levels go with the methods
+# they compress, warm-up and evaluation cadence with the epochs they divide (the planner derives them then).
+PRESET_TIES = {"compression": "methods", "warmup_epochs": "epochs", "eval_every": "epochs"}
+
+
+def expand_preset(preset: dict, options: dict, explicit: set[str]) -> tuple[dict, dict]:
+    """``options`` with the preset's values where an option was not given (``explicit``), and the recipe values
+    that are no option (warm-up start, minimum lr, ...) for :class:`harness.train.TrainConfig`."""
+    options, train_defaults = dict(options), {}
+    for key, value in {**preset["run"], **preset["train"]}.items():
+        if key in explicit or PRESET_TIES.get(key) in explicit:
+            continue
+        if key in options:
+            options[key] = ",".join(value) if isinstance(value, list) else value
+        else:
+            train_defaults[key] = value
+    return options, train_defaults
+
+
+def _with_preset(options: dict) -> dict:
+    """The run command's options with the chosen paper preset applied (``--preset list``: to be listed)."""
+    name = options.pop("preset")
+    if name in (None, "list"):
+        return {**options, "train_defaults": {}, "list_presets": name == "list"}
+    context = click.get_current_context()
+    explicit = {key for key in options if context.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
+    preset = presets.paper_presets()[name]
+    options, train_defaults = expand_preset(preset, options, explicit)
+    click.echo(f"Preset {name}: {preset['description']}")
+    return {**options, "train_defaults": train_defaults, "list_presets": False}
+
+
+def _print_presets() -> None:
+    for name, preset in presets.paper_presets().items():
+        click.echo(f"  {name:<14} {preset['description']}")
 
 
 def _main(methods: str, tasks: str, backbone: str | None, compression: str, epochs: int | None,
-          warmup_epochs: int | None, lr: float | None, batch_size: int, selection: str, seeds: list[int],
+          warmup_epochs: int | None, lr: float | None, batch_size: int, train_precision: str, tf32: bool,
+          cudnn_benchmark: bool, compile_train: bool, no_save_adapters: bool, selection: str, seeds: list[int],
           bench_batch: tuple[int, ...] | None, bench_preset: str, amp: str | None, compile_model: bool,
           flops_breakdown: bool, profile: bool, max_spread: float, refuse_noisy: bool, threads: int | None,
           device: str, pretrained: bool | None, weights: Path | None, data_root: Path | None, img_size: int | None,
           normalization: str, check_images: bool, out: Path, plugins: tuple[str, ...], isolate: bool, force: bool,
-          list_only: bool, dry_run: bool) -> int:
+          list_only: bool, dry_run: bool, train_defaults: dict, list_presets: bool) -> int:
     plugin_sources = [source for value in plugins for source in _split(value)]
     registry.load_plugins(plugin_sources)
-    if list_only:
-        _print_listing()
+    if list_only or list_presets:
+        _print_presets() if list_presets else _print_listing()
         return 0
     method_names = _split(methods)
     for name in method_names:
@@ -248,8 +297,9 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")
     task_data = load_tasks(task_names, data_root, check_images, selection)
     _print_tasks(task_data)
-    overrides = {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size,
-                 "selection": selection}
+    overrides = {**train_defaults, "epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size,
+                 "selection": selection, "precision": train_precision, "tf32": tf32,
+                 "cudnn_benchmark": cudnn_benchmark, "compile": compile_train}
     levels = None if compression is None else (_split(compression) or [NONE])
     configs = plan_runs(method_names, task_data, seeds=seeds, compressions=levels,
                         backbone=backbone, pretrained=pretrained, device=resolved_device,

@@ -40,6 +40,10 @@ class TrainConfig:
     eval_every: int = 10
     drop_path: float = 0.1
     selection: str = "test"  # one of SELECTIONS; "val" trains on train only and selects on val
+    precision: str = "fp32"  # training (and evaluation) precision: fp32, bf16 or fp16 (autocast; fp16 with a scaler)
+    tf32: bool = False  # CUDA: TF32 matmuls and convolutions
+    cudnn_benchmark: bool = False  # CUDA: cudnn.benchmark
+    compile: bool = False  # torch.compile the training step
 
     def __post_init__(self) -> None:
         _check_selection(self.selection)

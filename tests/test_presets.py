@@ -12,6 +12,7 @@ from harness.compression import resolve_schedule
 from harness.vocabulary import named_levels
 from harness.measure import MeasureConfig, timing_presets
 from harness.plan import default_compression
+from harness.train import TrainConfig
 
 
 def read(name: str) -> dict:
@@ -60,3 +61,48 @@ def test_command_line_defaults_are_the_defaults_file():
     defaults = {param.name: param.default for param in run.params}
     assert defaults["methods"] == ",".join(data["methods"]) and defaults["tasks"] == ",".join(data["tasks"])
     assert default_compression() == tuple(data["compression"])
+
+
+PAPER = sorted((presets.PRESETS_DIR / "paper").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda path: path.stem)
+def test_a_paper_preset_expands_to_exactly_what_its_file_lists(path):
+    from harness.cli import expand_preset
+
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    defaults = {param.name: param.default for param in run.params}
+    options, train = expand_preset(data, defaults, explicit=set())
+    listed = {**data["run"], **data["train"]}
+    expanded = {key: options[key] if key in options else train[key] for key in listed}
+    assert expanded == {key: ",".join(value) if isinstance(value, list) else value for key, value in listed.items()}
+    assert set(train) <= set(TrainConfig.__dataclass_fields__)  # every recipe value is a training setting
+    assert {key: value for key, value in options.items() if key not in listed} == \
+        {key: value for key, value in defaults.items() if key not in listed}  # nothing else moves
+
+
+def test_explicit_options_override_a_preset_and_take_what_goes_with_them():
+    from harness.cli import expand_preset
+
+    preset = presets.paper_presets()["pyra-vit-b"]
+    defaults = {param.name: param.default for param in run.params}
+    options, train = expand_preset(preset, {**defaults, "epochs": 5, "methods": "lora"}, explicit={"epochs", "methods"})
+    assert options["epochs"] == 5 and options["methods"] == "lora" and options["lr"] == 1e-3
+    assert options["compression"] is None and "warmup_epochs" not in train and "eval_every" not in train
+    assert options["warmup_epochs"] is None and train["warmup_lr"] == 1e-6
+
+
+def test_the_preset_reaches_the_plan_and_list_names_every_file():
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    result = CliRunner().invoke(main, ["--preset", "pyra-vit-b", "--tasks", "count", "--no-pretrained",
+                                       "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("[")]
+    assert len(lines) == 9 and all("img=224 epochs=100 lr=0.001 batch=32" in line for line in lines)
+    assert "tome@high / count / vit_base_patch16_224.orig_in21k" in result.output
+    listing = CliRunner().invoke(main, ["--preset", "list"]).output
+    assert all(path.stem in listing for path in PAPER) and len(PAPER) == 3

@@ -1,8 +1,9 @@
 """Presets as data: the TOML files beside this module, read with the standard ``tomllib``.
 
 ``timing.toml`` (how inference is timed), ``merge_schedules.toml`` (compression levels and per-block merge
-schedules), ``backbones.toml`` (the backbones adaptbench knows by name, their families and LoRA ranks) and
-``defaults.toml`` (what the command line runs when it is told nothing). Each value carries a comment saying
+schedules), ``backbones.toml`` (the backbones adaptbench knows by name, their families and LoRA ranks),
+``defaults.toml`` (what the command line runs when it is told nothing) and ``paper/*.toml`` (whole published
+set-ups, ``--preset``: what to run and the recipe, each value with where in the original it comes from). Each value carries a comment saying
 where it comes from; code reads them through :func:`load` and derives its choices from them, so a preset and
 the CLI can never drift apart.
 """
@@ -18,6 +19,14 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRESETS_DIR = Path(__file__).resolve().parent
+
+
+PAPER_DIR = "paper"
+
+
+def paper_presets() -> dict[str, dict]:
+    """Every paper preset by name (its file's stem), as its file says."""
+    return {path.stem: load(f"{PAPER_DIR}/{path.stem}") for path in sorted((PRESETS_DIR / PAPER_DIR).glob("*.toml"))}
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from .vocabulary import NONE, named_levels
 from .measure import MeasureConfig, timing_presets
 from .config import RunConfig
 from .data import TaskData
+from .estimate import describe, estimate
 from .plan import NORMALIZATIONS, default_compression, describe_plan, load_tasks, plan_runs, resolve_device
 from .results import summary_table
 from .runner import inline_executor, isolated_executor, run_all
@@ -305,24 +306,32 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
                         backbone=backbone, pretrained=pretrained, device=resolved_device,
                         train_overrides=overrides, measure=measure, img_size=img_size,
                         normalization=normalization, weights=weights)
-    if dry_run:
-        click.echo("\n".join(describe_plan(configs)))
-        return 0
-    click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s); "
-               f"results -> {out}/")
     store = RunStore(out)
+    todo = [config for config in configs if force or dry_run or store.finished(config) is None]
+    expected = estimate(todo, task_data, resolved_device)
+    if dry_run:
+        click.echo("\n".join(describe_plan(configs, expected)))
+        click.echo(f"Estimated wall time on {resolved_device}: {describe(sum(expected.values()))} for {len(configs)} "
+                   f"run(s), from a few timed steps of each distinct model (decoding and warm-up not included)")
+        return 0
+    click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s), "
+               f"estimated {describe(sum(expected.values()))} for the {len(todo)} not yet done; results -> {out}/")
+    running = time.perf_counter()
     if isolate:
         plugin_paths = [str(Path(source).resolve()) if source.endswith(".py") else source for source in plugin_sources]
-        executor = isolated_executor(task_data, store, resolved_device, plugin_paths, data_root, threads)
+        executor = isolated_executor(task_data, store, resolved_device, plugin_paths, data_root, threads,
+                                     save_adapters=not no_save_adapters)
     else:
-        executor = inline_executor(task_data, store, resolved_device, click.echo)
+        executor = inline_executor(task_data, store, resolved_device, click.echo, save_adapters=not no_save_adapters)
     records = run_all(configs, store, executor, force=force, log=click.echo)
+    took = time.perf_counter() - running
     csv_path = store.write_csv()
     click.echo("\n" + summary_table(records) + "\n")
     failed = [record for record in records if record["status"] != STATUS_OK]
     for record in failed:
         click.echo(f"FAILED {RunConfig.from_dict(record['config']).label}: {record.get('reason')}")
-    click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed in {time.perf_counter() - started:.0f}s. "
+    click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed in {time.perf_counter() - started:.0f}s "
+               f"(runs: {describe(took)}, estimated {describe(sum(expected.values()))}). "
                f"Per-run files: {out}/*.json; all runs: {csv_path}")
     return 1 if failed else 0
 

@@ -159,11 +159,13 @@ def _check_adapts(method: str, compression: str, backbone: str, img_size: int, n
         adapt(model, method, compression)
 
 
-def describe_plan(configs: Sequence[RunConfig]) -> list[str]:
+def describe_plan(configs: Sequence[RunConfig], seconds: dict[str, float] | None = None) -> list[str]:
+    """One line per run; with ``seconds`` (estimates by config key), each run's estimate too."""
     lines = []
     for index, config in enumerate(configs, 1):
         train = dataclasses.asdict(config.train)
+        cost = f"  ~{seconds[config.key]:.0f} s" if seconds and config.key in seconds else ""
         lines.append(f"[{index}/{len(configs)}] {config.label}  pretrained={config.pretrained} "
                      f"device={config.device} img={config.data.img_size} epochs={train['epochs']} lr={train['lr']} "
-                     f"batch={train['batch_size']}  -> {config.file_stem}.json")
+                     f"batch={train['batch_size']}{cost}  -> {config.file_stem}.json")
     return lines

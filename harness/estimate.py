@@ -1,0 +1,128 @@
+"""What a plan will cost on this device, before it starts: a few timed steps of each distinct model, scaled by
+the tasks' sizes and the recipe.
+
+For every distinct (backbone, method, level, image size, batch, precision) of the plan, a randomly initialised
+model is adapted (timing the adaptation itself: a rate search, a throughput match) and timed for a few training
+steps and one evaluation batch on random images; a run's estimate is then adaptation + epochs x steps per epoch x
+step time + evaluations x test batches x batch time + the inference measurement its timing settings ask for.
+Decoding images, the first-run warm-up of kernels and Python overheads are not in it, so small runs come out
+short; the run summary prints the estimate beside the truth.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from . import registry
+from .adapt import adapt
+from .backbones import create_backbone
+from .config import RunConfig
+from .data import Normalize, TaskData
+from .measure import MeasureConfig, device_synchronizer
+from .train import Trainer, build_optimizer
+
+TIMED_STEPS = 3
+# How the estimate times the throughput match of a method that asks for the run's timing settings: briefly.
+QUICK_TIMING = MeasureConfig(warmup_iters=1, warmup_seconds=0.0, repeats=2, iters_per_repeat=1)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of one model's adaptation, one training step and one image through the deployed model."""
+
+    adapt_seconds: float
+    step_seconds: float
+    infer_seconds_per_image: float
+
+
+def _key(config: RunConfig) -> tuple:
+    return (config.backbone, config.method, config.compression, config.data.img_size, config.train.batch_size,
+            config.train.precision, config.pretrained)
+
+
+def _timed(fn, synchronize) -> float:
+    synchronize()
+    started = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - started
+
+
+def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Timing:
+    """Adapt a random-init model as ``config`` says and time its steps on random images."""
+    synchronize = device_synchronizer(device)
+    size, batch = config.data.img_size, config.train.batch_size
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    labels = torch.randint(0, max(1, num_classes), (batch,))
+    normalize = Normalize(config.data.mean, config.data.std, device)
+    context = {"train_data": [normalize(images)], "measure": QUICK_TIMING}
+    spec = registry.get_method(config.method)
+    model = create_backbone(config.backbone, num_classes, pretrained=False, img_size=size).to(device)
+    started = time.perf_counter()
+    model = adapt(model, config.method, config.compression, **{name: context[name] for name in spec.context})
+    model = model.to(device)
+    adapt_seconds = time.perf_counter() - started
+    trainer = Trainer(model, build_optimizer(model, config.train), normalize)
+    trainer.train_step(images, labels)  # warm-up
+    step = min(_timed(lambda: trainer.train_step(images, labels), synchronize) for _ in range(TIMED_STEPS))
+    model.eval()
+    with torch.inference_mode():
+        model(normalize(images))
+        infer = min(_timed(lambda: model(normalize(images)), synchronize) for _ in range(TIMED_STEPS))
+    return Timing(adapt_seconds, step, infer / batch)
+
+
+def _evaluations(config: RunConfig) -> int:
+    epochs, every = config.train.epochs, config.train.eval_every
+    return epochs // every + (epochs % every != 0)
+
+
+def _measurement_seconds(settings: MeasureConfig, per_image: float) -> float:
+    """The inference measurement's own duration: warm-up and timed repeats at every batch of the sweep."""
+    total = 0.0
+    for batch in settings.batches:
+        iteration = batch * per_image
+        warmup = max(settings.warmup_seconds, settings.warmup_iters * iteration)
+        timed = max(settings.timed_seconds, settings.repeats * settings.iters_per_repeat * iteration)
+        total += warmup + timed
+    return total
+
+
+def run_seconds(config: RunConfig, task: TaskData, timing: Timing) -> float:
+    """One run's estimate from its model's timing and its task's sizes."""
+    sizes = task.split_sizes()
+    trained = sizes.get("trainval") or (sizes.get("train") or 0) + (sizes.get("val") or 0)
+    if config.train.selection == "val":
+        trained = sizes.get("train") or 0
+    evaluated = (sizes.get("test") or 0) + (sizes.get("val") or 0 if config.train.selection == "val" else 0)
+    steps = config.train.epochs * math.ceil(trained / config.train.batch_size)
+    evaluation = _evaluations(config) * evaluated * timing.infer_seconds_per_image
+    probes = 2 * timing.step_seconds  # the memory probe and the first step before timing
+    return (timing.adapt_seconds + steps * timing.step_seconds + evaluation + probes
+            + _measurement_seconds(config.measure, timing.infer_seconds_per_image))
+
+
+def estimate(configs: Sequence[RunConfig], tasks: dict[str, TaskData], device: torch.device) -> dict[str, float]:
+    """Each config's estimated seconds (by key); a run of a task that cannot run costs nothing."""
+    timings: dict[tuple, Timing] = {}
+    seconds = {}
+    for config in configs:
+        task = tasks[config.task]
+        if task.problem is not None:
+            seconds[config.key] = 0.0
+            continue
+        if _key(config) not in timings:
+            timings[_key(config)] = time_model(config, task.num_classes, device)
+        seconds[config.key] = run_seconds(config, task, timings[_key(config)])
+    return seconds
+
+
+def describe(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+

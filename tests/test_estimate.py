@@ -1,0 +1,66 @@
+"""The cost of a plan before it starts: timed steps of each distinct model, scaled by the tasks and the recipe."""
+import pytest
+import torch
+
+from harness import estimate as estimates
+from harness.config import DataConfig, RunConfig
+from harness.data import TaskData
+from harness.measure import MeasureConfig
+from harness.train import TrainConfig
+
+TIMING = estimates.Timing(adapt_seconds=2.0, step_seconds=0.5, infer_seconds_per_image=0.001)
+
+
+def config(method="lora", seed=0, **train) -> RunConfig:
+    return RunConfig(method, "t", "vit_micro_small_patch4_32", seed, "none", False, "cpu",
+                     TrainConfig(**{"epochs": 10, "eval_every": 4, "batch_size": 32, **train}),
+                     MeasureConfig(batches=(64,), warmup_seconds=1.0, repeats=7, iters_per_repeat=2),
+                     DataConfig(img_size=32))
+
+
+def task(train=800, val=200, test=500, problem=None) -> TaskData:
+    task = TaskData([0] * train, [0] * val, [0] * test, 10, 32, None, problem=problem)
+    return task
+
+
+def test_a_run_costs_adaptation_steps_evaluations_and_its_measurement():
+    seconds = estimates.run_seconds(config(), task(), TIMING)
+    steps = 10 * 32 * 0.5  # 1,000 images in batches of 32: 32 steps an epoch
+    evaluations = 3 * 500 * 0.001  # after epochs 4, 8 and the last
+    measurement = max(1.0, 3 * 64 * 0.001) + 7 * 2 * 64 * 0.001
+    assert seconds == pytest.approx(2.0 + steps + evaluations + 2 * 0.5 + measurement)
+
+
+def test_selecting_on_val_trains_on_train_alone_and_evaluates_val_too():
+    seconds = estimates.run_seconds(config(selection="val"), task(), TIMING)
+    steps = 10 * 25 * 0.5
+    evaluations = 3 * 700 * 0.001
+    assert seconds == pytest.approx(2.0 + steps + evaluations + 1.0 + max(1.0, 0.192) + 0.896)
+
+
+def test_each_distinct_model_is_timed_once_and_broken_tasks_cost_nothing(monkeypatch):
+    timed = []
+    monkeypatch.setattr(estimates, "time_model", lambda config, classes, device: timed.append(config) or TIMING)
+    configs = [config(seed=0), config(seed=1), config("full_ft"), RunConfig("lora", "broken", "x", 0, "none", False,
+                                                                           "cpu", TrainConfig())]
+    seconds = estimates.estimate(configs, {"t": task(), "broken": task(problem="no data")}, torch.device("cpu"))
+    assert [run.method for run in timed] == ["lora", "full_ft"] and seconds[configs[3].key] == 0.0
+    assert seconds[configs[0].key] == seconds[configs[1].key] > 0
+
+
+def test_a_real_model_is_timed_on_random_images():
+    timing = estimates.time_model(config(batch_size=4), 3, torch.device("cpu"))
+    assert timing.step_seconds > 0 and timing.infer_seconds_per_image > 0 and timing.adapt_seconds >= 0
+
+
+def test_the_dry_run_prints_the_estimate_and_the_run_compares_it_with_the_truth(plugin_file, tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    common = ["--plugins", str(plugin_file), "--methods", "bitfit", "--tasks", "tiny", "--bench-batch", "8",
+              "--out", str(tmp_path)]
+    dry = CliRunner().invoke(main, [*common, "--dry-run"])
+    assert dry.exit_code == 0 and "Estimated wall time on cpu:" in dry.output and " s  -> " in dry.output
+    result = CliRunner().invoke(main, common)
+    assert result.exit_code == 0 and "estimated" in result.output.splitlines()[-1]

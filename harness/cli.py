@@ -219,7 +219,9 @@ DEFAULTS = presets.load("defaults")
                    "another's figures.")
 @click.option("--force", is_flag=True, help="Rerun configs that already have a finished result file.")
 @click.option("--list", "list_only", is_flag=True, help="List methods, tasks, task groups and backbones, then exit.")
-@click.option("--dry-run", is_flag=True, help="Print the run plan without running it.")
+@click.option("--dry-run", is_flag=True, help="Print the run plan, with each run's estimated time, without running it.")
+@click.option("--no-estimate", is_flag=True,
+              help="Skip the cost estimate (it adapts and times a few steps of each distinct model of the plan).")
 def run(**options: object) -> None:
     """Adapt pretrained ViTs with each method on each task, then measure accuracy, speed, memory and FLOPs.
 
@@ -274,7 +276,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
           flops_breakdown: bool, profile: bool, max_spread: float, refuse_noisy: bool, threads: int | None,
           device: str, pretrained: bool | None, weights: Path | None, data_root: Path | None, img_size: int | None,
           normalization: str, check_images: bool, out: Path, plugins: tuple[str, ...], isolate: bool, force: bool,
-          list_only: bool, dry_run: bool, train_defaults: dict, list_presets: bool) -> int:
+          list_only: bool, dry_run: bool, no_estimate: bool, train_defaults: dict, list_presets: bool) -> int:
     plugin_sources = [source for value in plugins for source in _split(value)]
     registry.load_plugins(plugin_sources)
     if list_only or list_presets:
@@ -308,14 +310,17 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
                         normalization=normalization, weights=weights)
     store = RunStore(out)
     todo = [config for config in configs if force or dry_run or store.finished(config) is None]
-    expected = estimate(todo, task_data, resolved_device)
+    expected = {} if no_estimate else estimate(todo, task_data, resolved_device)
+    guess = f"estimated {describe(sum(expected.values()))}" if expected else "not estimated"
     if dry_run:
         click.echo("\n".join(describe_plan(configs, expected)))
-        click.echo(f"Estimated wall time on {resolved_device}: {describe(sum(expected.values()))} for {len(configs)} "
-                   f"run(s), from a few timed steps of each distinct model (decoding and warm-up not included)")
+        if expected:
+            click.echo(f"Estimated wall time on {resolved_device}: {describe(sum(expected.values()))} for "
+                       f"{len(configs)} run(s), from a few timed steps of each distinct model (decoding and warm-up "
+                       f"not included)")
         return 0
     click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s), "
-               f"estimated {describe(sum(expected.values()))} for the {len(todo)} not yet done; results -> {out}/")
+               f"{guess} for the {len(todo)} not yet done; results -> {out}/")
     running = time.perf_counter()
     if isolate:
         plugin_paths = [str(Path(source).resolve()) if source.endswith(".py") else source for source in plugin_sources]
@@ -331,7 +336,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     for record in failed:
         click.echo(f"FAILED {RunConfig.from_dict(record['config']).label}: {record.get('reason')}")
     click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed in {time.perf_counter() - started:.0f}s "
-               f"(runs: {describe(took)}, estimated {describe(sum(expected.values()))}). "
+               f"(runs: {describe(took)}, {guess}). "
                f"Per-run files: {out}/*.json; all runs: {csv_path}")
     return 1 if failed else 0
 

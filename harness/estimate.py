@@ -26,6 +26,9 @@ from .measure import MeasureConfig, device_synchronizer
 from .train import Trainer, build_optimizer
 
 TIMED_STEPS = 3
+# On a CPU a step's time grows with its batch almost linearly, so the estimate times small batches and scales
+# them (a ViT-B/16 step of 32 takes tens of seconds there); a GPU is timed at the run's own batch.
+CPU_TIMING_BATCH = 4
 # How the estimate times the throughput match of a method that asks for the run's timing settings: briefly.
 QUICK_TIMING = MeasureConfig(warmup_iters=1, warmup_seconds=0.0, repeats=2, iters_per_repeat=1)
 
@@ -56,8 +59,9 @@ def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Tim
     """Adapt a random-init model as ``config`` says and time its steps on random images."""
     synchronize = device_synchronizer(device)
     size, batch = config.data.img_size, config.train.batch_size
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    labels = torch.randint(0, max(1, num_classes), (batch,))
+    timed_batch = batch if device.type == "cuda" else min(batch, CPU_TIMING_BATCH)
+    images = torch.randint(0, 256, (timed_batch, 3, size, size), dtype=torch.uint8)
+    labels = torch.randint(0, max(1, num_classes), (timed_batch,))
     normalize = Normalize(config.data.mean, config.data.std, device)
     context = {"train_data": [normalize(images)], "measure": QUICK_TIMING}
     spec = registry.get_method(config.method)
@@ -73,7 +77,7 @@ def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Tim
     with torch.inference_mode():
         model(normalize(images))
         infer = min(_timed(lambda: model(normalize(images)), synchronize) for _ in range(TIMED_STEPS))
-    return Timing(adapt_seconds, step, infer / batch)
+    return Timing(adapt_seconds, step * batch / timed_batch, infer / timed_batch)
 
 
 def _evaluations(config: RunConfig) -> int:

@@ -7,6 +7,7 @@ happens when a run fails is the executor's business (:mod:`harness.runner`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -16,12 +17,13 @@ import torch
 
 from . import registry
 from .adapt import adapt, merge_for_inference
+from .adapters import save_run_adapter
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import Normalize, TaskData, make_loader
 from .measure import (MeasureConfig, autocast, count_gmacs, count_parameters, gmacs_per_block, inference_throughput,
                       measure_until_quiet, peak_memory, silence_native_stderr)
-from .train import Trainer, build_optimizer, fit, selection_splits
+from .train import Trainer, backend_flags, build_optimizer, fit, selection_splits
 
 Log = Callable[[str], None]
 TEST_BATCH = 256
@@ -46,8 +48,10 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def undone_steps(trainer: Trainer) -> Iterator[None]:
-    """Training steps taken inside leave no trace: trainable weights and optimizer state are restored."""
+    """Training steps taken inside leave no trace: trainable weights, optimizer state and the fp16 gradient
+    scaler's state are restored."""
     saved = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    scaler_state = trainer.scaler.state_dict()  # {} when the scaler is disabled (not fp16)
     try:
         yield
     finally:
@@ -56,6 +60,7 @@ def undone_steps(trainer: Trainer) -> Iterator[None]:
                 if name in saved:
                     param.copy_(saved[name])
         trainer.optimizer.state.clear()
+        trainer.scaler.load_state_dict(scaler_state)
 
 
 def profile_steps(step: Callable[[], object], device: torch.device, folder: Path, worker: str) -> None:
@@ -101,10 +106,23 @@ def run_context(config: RunConfig, train_loader: Iterable, normalize: Normalize)
     return {name: available[name]() for name in registry.get_method(config.method).context}
 
 
+def _under_backend_flags(run: Callable[..., dict]) -> Callable[..., dict]:
+    """``run(config, task, device, ...)`` inside :func:`harness.train.backend_flags` of its config: TF32 and
+    cudnn.benchmark hold for the whole run, training and measurement, and are put back after it; what was in
+    effect (``train_tf32_effective``) joins the metrics."""
+    @functools.wraps(run)
+    def wrapped(config: RunConfig, task: TaskData, device: torch.device, *args, **kwargs) -> dict:
+        with backend_flags(config.train, device) as in_effect:
+            return {**run(config, task, device, *args, **kwargs), **in_effect}
+    return wrapped
+
+
+@_under_backend_flags
 def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, log: Log,
-                      run_dir: Path | None = None) -> dict:
+                      run_dir: Path | None = None, adapter_path: Path | None = None) -> dict:
     """Everything one run does between its config and its metrics; ``run_dir`` receives its TensorBoard
-    scalars and, with ``--profile``, its profiler traces."""
+    scalars and, with ``--profile``, its profiler traces; ``adapter_path`` (None: not saved) its trained
+    adapter (:mod:`harness.adapters`), written after training and before LoRA is merged away."""
     seed_everything(config.seed)
     # Decoded here, before anything trains; only the splits this run reads.
     task = task.at_size(config.data.img_size, config.data.interpolation, config.train.selection)
@@ -113,15 +131,17 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
                             weights=Path(config.weights) if config.weights else None)
     normalize = Normalize(config.data.mean, config.data.std, device)
     train_split, val_split = selection_splits(task, config.train.selection)
-    train_loader = make_loader(train_split, config.train.batch_size, shuffle=True, seed=config.seed)
-    test_loader = make_loader(task.test, TEST_BATCH, shuffle=False)
-    val_loader = None if val_split is None else make_loader(val_split, TEST_BATCH, shuffle=False)
+    # On a GPU each split lives on the device where it fits: no host copies per step.
+    train_loader = make_loader(train_split, config.train.batch_size, shuffle=True, seed=config.seed, device=device)
+    test_loader = make_loader(task.test, TEST_BATCH, shuffle=False, device=device)
+    val_loader = None if val_split is None else make_loader(val_split, TEST_BATCH, shuffle=False, device=device)
     backbone_ids = {id(p) for p in model.parameters()}
     context = run_context(config, train_loader, normalize)
     model = adapt(model.to(device), config.method, config.compression, **context).to(device)
     total_params, tunable_params = count_parameters(model)
     added_params = sum(p.numel() for p in model.parameters() if id(p) not in backbone_ids)
-    trainer = Trainer(model, build_optimizer(model, config.train), normalize, config.train.label_smoothing)
+    trainer = Trainer(model, build_optimizer(model, config.train), normalize, config.train.label_smoothing,
+                      precision=config.train.precision, compile=config.train.compile)
 
     first_batch = next(iter(train_loader))
     with undone_steps(trainer):
@@ -136,6 +156,7 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     finally:
         writer.close()
 
+    adapter = {} if adapter_path is None else save_run_adapter(model, adapter_path, config)
     merge_for_inference(model).eval()
     inference = measure_inference(model, task.image_size, device, config.measure)
     if config.measure.profile and run_dir is not None:
@@ -157,7 +178,7 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
         "total_params": total_params, "tunable_params": tunable_params,
         "tunable_pct": 100.0 * tunable_params / total_params,
         "added_params": added_params,
-        "curve": result.curve,
+        "curve": result.curve, **adapter,
         **getattr(model, "adaptbench_info", {}),
     }
 

@@ -28,6 +28,7 @@ from .results import environment
 from .store import SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore
 
 Executor = Callable[[RunConfig], dict]
+NO_SAVE_ADAPTERS = "--no-save-adapters"  # the isolated child's option (harness.isolated)
 
 
 def task_info(name: str, task: TaskData) -> dict:
@@ -44,10 +45,16 @@ def new_record(config: RunConfig, task: TaskData) -> dict:
             "method_info": registry.get_method(config.method).info(), "task_info": task_info(config.task, task)}
 
 
-def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.device, log: Log) -> dict:
-    """Run one config and write its result file: ``running`` first, then ``ok`` or ``failed`` with a reason."""
+def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.device, log: Log,
+            save_adapters: bool = True) -> dict:
+    """Run one config and write its result file: ``running`` first, then ``ok`` or ``failed`` with a reason.
+
+    With ``save_adapters`` the trained adapter goes beside it (:meth:`RunStore.adapter_path`). Only an ``ok``
+    run leaves one: a failed run's is removed, and so is an earlier run's of this config when it starts."""
     # Set before anything is timed, for the whole process; the record says what was set.
     record = {**new_record(config, task), "environment": environment(device, steady_host_allocator())}
+    adapter = store.adapter_path(config)
+    adapter.unlink(missing_ok=True)
     if task.problem is not None:  # bad data: recorded as failed without starting, so the other tasks go on
         record.update(status=STATUS_FAILED, reason=task.problem, wall_seconds=0.0)
         store.write(config, record)
@@ -55,7 +62,8 @@ def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.de
     store.write(config, record)
     started = time.perf_counter()
     try:
-        record["metrics"] = train_and_measure(config, task, device, log, store.run_dir(config))
+        record["metrics"] = train_and_measure(config, task, device, log, store.run_dir(config),
+                                              adapter if save_adapters else None)
         refusal = noisy_refusal(record["metrics"], config.measure)
         record["status"] = STATUS_OK if refusal is None else STATUS_FAILED
         if refusal is not None:
@@ -70,25 +78,29 @@ def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.de
                       traceback=traceback.format_exc())
     finally:
         record["wall_seconds"] = time.perf_counter() - started
+        if record["status"] != STATUS_OK:
+            adapter.unlink(missing_ok=True)
         store.write(config, record)
     return record
 
 
-def inline_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.device, log: Log) -> Executor:
+def inline_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.device, log: Log,
+                    save_adapters: bool = True) -> Executor:
     """Runs in this process, one after another."""
-    return lambda config: execute(config, tasks[config.task], store, device, log)
+    return lambda config: execute(config, tasks[config.task], store, device, log, save_adapters)
 
 
 def isolated_command(config: RunConfig, store: RunStore, device: torch.device, plugins: Sequence[str],
-                     data_root: Path | None, threads: int | None = None) -> list[str]:
-    """The child's command line: the full device (``cuda:1`` stays ``cuda:1``), not just the config's type, and
-    the parent's ``--threads`` (0: torch's choice)."""
-    return [sys.executable, "-m", "harness.isolated", json.dumps(config.to_dict()), str(store.folder),
-            str(device), str(threads or 0), str(data_root or ""), *plugins]
+                     data_root: Path | None, threads: int | None = None, save_adapters: bool = True) -> list[str]:
+    """The child's command line: the full device (``cuda:1`` stays ``cuda:1``), not just the config's type, the
+    parent's ``--threads`` (0: torch's choice) and ``--no-save-adapters``."""
+    return [sys.executable, "-m", "harness.isolated", *([] if save_adapters else [NO_SAVE_ADAPTERS]),
+            json.dumps(config.to_dict()), str(store.folder), str(device), str(threads or 0), str(data_root or ""),
+            *plugins]
 
 
 def isolated_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.device, plugins: Sequence[str],
-                      data_root: Path | None, threads: int | None = None) -> Executor:
+                      data_root: Path | None, threads: int | None = None, save_adapters: bool = True) -> Executor:
     """Runs each config in a fresh Python process, so no allocator or compile state from an earlier run can
     change its figures; the child's progress goes to our stdout and its result file is read back. A run of a
     task with bad data is recorded here: there is nothing to isolate, and the reason is the parent's."""
@@ -96,11 +108,13 @@ def isolated_executor(tasks: dict[str, TaskData], store: RunStore, device: torch
     def run(config: RunConfig) -> dict:
         if tasks[config.task].problem is not None:
             return execute(config, tasks[config.task], store, device, lambda line: None)
-        subprocess.run(isolated_command(config, store, device, plugins, data_root, threads), check=False)
+        subprocess.run(isolated_command(config, store, device, plugins, data_root, threads, save_adapters),
+                       check=False)
         record = store.read(config)
         if record is None or record.get("status") == STATUS_RUNNING:
             record = {**new_record(config, tasks[config.task]), "status": STATUS_FAILED,
                       "reason": "the isolated run's process died before finishing (see its output above)"}
+            store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
             store.write(config, record)
         return record
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 RESULTS_CSV = "results.csv"
+ADAPTER_SUFFIX = ".adapter.safetensors"  # a run's trained adapter, beside its record (harness.adapters)
 STATUS_RUNNING, STATUS_OK, STATUS_FAILED = "running", "ok", "failed"
 # 2: records describe their method (roles, display order) and task (suite, group, classes, split sizes), so the
 # report needs no plugin registry. Records without ``schema`` are version 1; ``run.py migrate`` upgrades them.
@@ -70,7 +71,8 @@ def run_files(folder: Path) -> list[Path]:
 
 class RunStore:
     """The run files of one output folder, addressed by config: ``<folder>/<config.file_stem>.json``, and beside
-    it ``<folder>/<config.file_stem>/`` for what a run writes besides its record (TensorBoard, profiles)."""
+    it ``<folder>/<config.file_stem>/`` for what a run writes besides its record (TensorBoard, profiles) and
+    ``<folder>/<config.file_stem>.adapter.safetensors`` for its trained adapter (:mod:`harness.adapters`)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -80,6 +82,10 @@ class RunStore:
 
     def run_dir(self, config: RunConfig) -> Path:
         return self.folder / config.file_stem
+
+    def adapter_path(self, config: RunConfig) -> Path:
+        """Where the run's trainable parameters go: beside its record, and no ``*.json`` (not a run file)."""
+        return self.folder / f"{config.file_stem}{ADAPTER_SUFFIX}"
 
     def write(self, config: RunConfig, record: dict) -> None:
         write_json_atomic(self.path(config), record)

@@ -8,13 +8,20 @@ record that as ``test_acc_best`` and the final evaluation as ``test_acc_last``.
 protocol): train on train + val, evaluate test. ``"val"``: train on train only and evaluate val as well as test
 at every evaluation; ``test_acc_at_best_val`` is the test accuracy at the evaluation with the best val accuracy,
 a number no test accuracy helped to choose (:func:`selection_splits` gives the splits each trains on).
+
+Precision and speed switches (each recorded in the run's config): ``precision`` trains and evaluates under
+autocast in bf16 or fp16 (fp16 with a gradient scaler), the loss always in fp32; fp32, the paper's, runs
+without autocast or scaler. ``tf32`` and ``cudnn_benchmark`` set the CUDA backend flags for one run and put
+back what was there (:func:`backend_flags`); ``compile`` trains a ``torch.compile`` of the model, while
+evaluation and everything after training use the module itself.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import Normalize, TaskData
 from .errors import RunFailed, UserError
+from .measure import PRECISIONS, autocast
 
 SELECTIONS = ("test", "val")  # TrainConfig.selection: what picks the reported evaluation (module docstring)
 
@@ -47,6 +55,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_selection(self.selection)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
 
 def _check_selection(selection: str) -> None:
@@ -88,33 +98,82 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, config: TrainC
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse, in one line, a training precision the device cannot run (bf16 on a GPU without bfloat16)."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--train-precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                        f"use --train-precision fp16 or fp32")
+
+
+@contextlib.contextmanager
+def backend_flags(config: TrainConfig, device: torch.device) -> Iterator[dict]:
+    """The run's CUDA backend flags (TF32 matmuls and cuDNN convolutions, ``cudnn.benchmark``) from ``config``,
+    and the ones that were set before put back afterwards, so one run cannot change the next one's figures.
+
+    Only on CUDA: elsewhere nothing is touched (TF32 is a CUDA format). Yields what was in effect,
+    ``{"train_tf32_effective": ...}``: TF32 asked for on a GPU that has it (compute capability 8.0 or later).
+    ``tf32=False`` turns TF32 off for cuDNN convolutions too, which PyTorch otherwise allows by default.
+    """
+    if device.type != "cuda":
+        yield {"train_tf32_effective": False}
+        return
+    # The legacy flags, read and written as such: in torch >= 2.9 reading them after a write through the
+    # fp32_precision API can raise, and writing fp32_precision does not restore what the legacy flags read.
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.tf32
+    torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    try:
+        yield {"train_tf32_effective": config.tf32 and torch.cuda.get_device_capability(device) >= (8, 0)}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
 class Trainer:
     """Owns the training step; the same ``train_step`` serves the run, the memory probe, pretraining and the
-    benchmarks."""
+    benchmarks.
+
+    ``precision`` (fp32, bf16 or fp16) is the training and evaluation precision: bf16 and fp16 run the forward
+    pass under autocast, fp16 scales the loss with an (enabled) ``GradScaler``; fp32 runs neither. The loss is
+    computed in fp32. With ``compile`` the training step runs a ``torch.compile`` of ``model``; ``self.model``
+    stays the module itself, for evaluation and everything after training (merging, counting, saving).
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, normalize: Normalize,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, *, precision: str = "fp32", compile: bool = False) -> None:
         self.model, self.optimizer, self.normalize = model, optimizer, normalize
         self.label_smoothing = label_smoothing
+        self.device = torch.device(normalize.device)
+        check_precision(precision, self.device)
+        self.precision = precision
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.trained = torch.compile(model) if compile else model  # what train_step runs
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one uint8 batch; returns the (detached) loss without syncing."""
-        logits = self.model(self.normalize(images))
-        loss = F.cross_entropy(logits, labels.to(logits.device), label_smoothing=self.label_smoothing)
-        loss.backward()
-        self.optimizer.step()
+        with autocast(self.device, self.precision):
+            logits = self.trained(self.normalize(images))
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device), label_smoothing=self.label_smoothing)
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # skipped when a gradient is inf or NaN; update() lowers the scale
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     @torch.inference_mode()
     def evaluate(self, loader: DataLoader) -> float:
-        """Top-1 accuracy in percent."""
+        """Top-1 accuracy in percent, in the training precision."""
         was_training = self.model.training
         self.model.eval()
         correct = torch.zeros((), dtype=torch.int64, device=self.normalize.device)
         total = 0
         for images, labels in loader:
-            predictions = self.model(self.normalize(images)).argmax(dim=-1)
+            with autocast(self.device, self.precision):
+                logits = self.model(self.normalize(images))
+            predictions = logits.argmax(dim=-1)
             correct += (predictions == labels.to(predictions.device)).sum()
             total += len(labels)
         self.model.train(was_training)

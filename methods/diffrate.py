@@ -178,6 +178,13 @@ def _diffrate_class(vit_class: type) -> type:
             state.mask = torch.ones(x.shape[0], tokens, device=x.device) if state.searching else None
             return super().forward_features(x, *args, **kwargs)
 
+        def adaptbench_restore(self, facts: dict[str, str]) -> None:
+            """Put back the kept counts an adapter file recorded (``harness.load_adapter`` calls it): the fresh
+            model need not search again, so adapt it uncompressed (no training data needed), then load."""
+            set_kept(self, [int(count) for count in facts["prune_kept"].split(",")],
+                     [int(count) for count in facts["merge_kept"].split(",")])
+            record_kept(self)
+
     DiffRateVisionTransformer.__name__ = f"DiffRate{vit_class.__name__}"
     return DiffRateVisionTransformer
 
@@ -212,6 +219,12 @@ def set_kept(model: VisionTransformer, prune_kept: list[int], merge_kept: list[i
         block.prune_kept = max(least, min(int(prune), live)) if block.searchable else live
         block.merge_kept = max(least, min(int(merge), block.prune_kept)) if block.searchable else live
         live = block.merge_kept
+
+
+def record_kept(model: VisionTransformer) -> None:
+    """The fixed counts in the run's row and in its adapter file, from which they are restored."""
+    harness.record_info(model, prune_kept=",".join(str(b.prune_kept) for b in model.blocks),
+                        merge_kept=",".join(str(b.merge_kept) for b in model.blocks))
 
 
 def _gmacs(model: VisionTransformer, kept: Iterable[tuple]) -> torch.Tensor | float:
@@ -335,6 +348,5 @@ def diffrate(model: nn.Module, compression: object = None, rank: int | None = No
         facts = search_rates(model, train_data, target, steps=search_steps, lr=search_lr)
         harness.record_info(model, **facts)
     harness.adapt(model, "lora", rank=rank, dropout=dropout)
-    harness.record_info(model, prune_kept=",".join(str(b.prune_kept) for b in model.blocks),
-                        merge_kept=",".join(str(b.merge_kept) for b in model.blocks))
+    record_kept(model)
     return model

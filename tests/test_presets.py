@@ -99,7 +99,7 @@ def test_the_preset_reaches_the_plan_and_list_names_every_file():
     from harness.cli import main
 
     result = CliRunner().invoke(main, ["--preset", "pyra-vit-b", "--tasks", "count", "--no-pretrained",
-                                       "--dry-run"])
+                                       "--dry-run", "--no-estimate"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("[")]
     assert len(lines) == 9 and all("img=224 epochs=100 lr=0.001 batch=32" in line for line in lines)

@@ -50,6 +50,26 @@ def pooled_data(runs: pd.DataFrame) -> list[str]:
     return notes
 
 
+def training_settings(runs: pd.DataFrame) -> list[str]:
+    """Runs not trained as the paper trains (fp32, no TF32, eager): the fast settings are one flag away, and the
+    leaderboard says when they were taken. A record without the column (schema 1, or from before the switches)
+    trained in fp32, eagerly and without TF32; TF32 counts only where it was in effect (a GPU that has it)."""
+    def count(column: str) -> int:
+        return int(runs[column].eq(True).sum()) if column in runs else 0
+
+    notes = []
+    precisions = runs["train_precision"] if "train_precision" in runs else pd.Series(dtype=object)
+    for precision, number in sorted(precisions[precisions.notna() & (precisions != "fp32")].value_counts().items()):
+        notes.append(f"{number} of {len(runs)} runs trained in {precision} (--train-precision), not the paper's fp32")
+    if count("train_tf32_effective"):
+        notes.append(f"{count('train_tf32_effective')} of {len(runs)} runs used TF32 matmuls and convolutions "
+                     f"(--tf32), not the paper's full fp32")
+    if count("train_compile"):
+        notes.append(f"{count('train_compile')} of {len(runs)} runs trained a torch.compile of the model "
+                     f"(--compile-train)")
+    return notes
+
+
 def _write_table(frame: pd.DataFrame, markdown: str, folder: Path, stem: str) -> list[Path]:
     csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
     frame.to_csv(csv_path, index=False)
@@ -78,6 +98,7 @@ def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tu
     if 0 < on_train_only < len(runs):
         report.warnings.append(f"{on_train_only} of {len(runs)} runs trained on the train split alone (--selection "
                                f"val), the others on train + val: rows may mix the two protocols")
+    report.warnings += training_settings(runs)
     report.warnings += pooled_data(runs)
     report.written += _write_table(board, leaderboard_markdown(board), folder, "leaderboard")
     plots, skipped_plots = write_pareto_plots(board, folder, methods)

@@ -1,0 +1,910 @@
+"""Device check: training and inference cost of every method on one GPU, in one bounded run, with no data and
+no weights, reported against the project's targets.
+
+    python benchmarks/gpu_check.py [--device cuda] [--out gpu_check] [--budget-scale 1.0] [--deadline 420]
+    python benchmarks/gpu_check.py --tiny --device cpu --out /tmp/gpu_check    # smoke run, well under a minute
+
+What it measures (random-init timm ViT-B/16 and ViT-S/16; ``--tiny``: the micro ViTs at 32 px, tiny batches
+and budgets, to test the script on a CPU):
+
+- data: a generated VTAB-1k-layout task (``train800val200``: 1,000 training images, and 2,000 test images, at
+  224 px) written to a temporary folder, loaded as runs load it (``harness.plan.load_tasks``, then
+  ``TaskData.at_size``: the decode-once cache, cold and warm, is timed) and batched by ``make_loader`` on the
+  device, as runs batch it;
+- training, per method (full_ft, lora, tome and pyra at low and high, small_peft = LoRA on ViT-S: what it
+  trains; its candidate timing is not run) in fp32 and bf16 at batch 32: peak memory of the first step from a
+  fresh optimizer (``harness.measure.peak_memory``), training img/s of the harness loop
+  (``harness.train.train_epoch``, whole epochs of the 1,000 images) and of a bare PyTorch loop on the same
+  model, optimizer, batches, autocast and loss, interleaved round by round (ABBA), the input pipeline's share of
+  the step (one pass of the loader alone, synchronised after every batch, against a harness epoch), one epoch's
+  time and one evaluation's (``Trainer.evaluate`` over the test images at batch 256);
+- inference at batch 256 in fp32 and bf16 of full / tome / pyra at low and high, deployed (LoRA merged),
+  through ``harness.measure.inference_throughput``, the models interleaved over rounds; speed-up against full
+  beside the GMACs ratio (``count_gmacs``);
+- repeatability: five measurements of full ViT-B in fp32 at batch 256, their spread (max - min) / mean and
+  coefficient of variation;
+- projection: GPU-hours of ``python run.py --preset pyra-vit-b`` (9 configs x 19 tasks x 100 epochs, 10
+  evaluations of each task's test set per run, the timing preset's measurement per run) from the figures above,
+  with bf16 training and fp32 (the preset's) side by side.
+
+Every measurement is bounded by iterations and seconds (warm-up at least N iterations and S seconds, then timed
+at least K and T); ``--budget-scale`` multiplies every seconds budget. On an H100/H200 the defaults take about
+4-5 minutes (the reasoning is in :class:`Budgets`). Past ``--deadline`` seconds no new
+measurement starts: the rest is recorded as skipped. A timestamped progress line per measurement goes to stdout,
+and ``gpu_check.json`` (every figure, the device, versions and settings) and ``gpu_check.md`` (the tables, each
+target with its measured value and pass/fail) are rewritten after every measurement, so a run cut off still
+leaves what it measured. Exit code: 0 when every measurement ran (whatever the targets say), 1 when one failed
+or was skipped, 2 on bad options.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import inspect
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+PROCESS_STARTED = time.perf_counter()  # before torch's import: the deadline and the log count the whole process
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))  # a checkout without `pip install -e .` (a device machine) still finds harness
+sys.path.insert(0, str(REPO / "tests"))
+
+import harness  # noqa: E402
+from harness import presets, registry  # noqa: E402
+from harness.backbones import known_backbone_named, smaller_in_family  # noqa: E402
+from harness.data import Normalize, make_loader  # noqa: E402
+from harness.estimate import _measurement_seconds  # noqa: E402  (the --dry-run estimate's formula for a measurement)
+from harness.measure import (MeasureConfig, autocast, count_gmacs, count_parameters, device_synchronizer,  # noqa: E402
+                             inference_throughput, peak_memory)
+from harness.pipeline import TEST_BATCH  # noqa: E402
+from harness.plan import load_tasks  # noqa: E402
+from harness.store import replace_atomically, write_json_atomic  # noqa: E402
+from harness.train import Schedule, TrainConfig, Trainer, backend_flags, build_optimizer, train_epoch  # noqa: E402
+from vtab_root import write_task  # noqa: E402  (the tests' builder: one definition of the VTAB-1k layout)
+
+from common import machine, make_parser, setup  # noqa: E402
+
+SCHEMA = "adaptbench-gpu-check/1"
+TASK = "cifar100"  # the generated task: VTAB-1k's layout and cifar100's 100 classes (a 100-way head)
+PRECISIONS = ("fp32", "bf16")
+# (label, method, level, backbone): "base" is --backbone, "small" --small-backbone. small_peft trains LoRA on
+# the smaller backbone; adapting with small_peft itself would time candidate models first.
+TRAIN_CONFIGS = (("full_ft", "full_ft", None, "base"), ("lora", "lora", None, "base"),
+                 ("tome-low", "tome", "low", "base"), ("tome-high", "tome", "high", "base"),
+                 ("pyra-low", "pyra", "low", "base"), ("pyra-high", "pyra", "high", "base"),
+                 ("small_peft", "lora", None, "small"))
+INFER_VARIANTS = (("full", "full_ft", None), ("tome-low", "tome", "low"), ("tome-high", "tome", "high"),
+                  ("pyra-low", "pyra", "low"), ("pyra-high", "pyra", "high"))
+REPEAT_VARIANT, REPEAT_PRECISION = "full", "fp32"
+
+# VTAB-1k's test splits as get_vtab1k.py writes them (lines of each task's test.txt); training is train800val200.
+VTAB_TEST_SIZES = {
+    "cifar100": 10000, "caltech101": 6084, "dtd": 1880, "oxford_flowers102": 6149, "oxford_pet": 3669,
+    "svhn": 26032, "sun397": 21750, "patch_camelyon": 32768, "eurosat": 5400, "resisc45": 6300,
+    "diabetic_retinopathy": 42670, "clevr_count": 15000, "clevr_dist": 15000, "dmlab": 22735, "kitti": 711,
+    "dsprites_loc": 73728, "dsprites_ori": 73728, "smallnorb_azi": 12150, "smallnorb_ele": 12150,
+}
+VTAB_TRAIN_IMAGES = 1000
+PROJECTED_PRESET = "pyra-vit-b"
+PROJECTED_BACKBONE = "vit_base_patch16_224.orig_in21k"
+# Where each config of the projected table takes its figures from (the cells measured here).
+PROJECTION_SOURCES = {"lora": "lora", "tome": "tome-{level}", "pyra": "pyra-{level}", "diffrate": "tome-{level}",
+                      "small_peft": "small_peft"}
+SEARCH_STEP_FACTOR = 4 / 3  # a DiffRate search step: LoRA's forward and backward plus the frozen teacher's forward
+
+TARGETS = {"input_share": 0.05, "harness_vs_bare": 0.95, "table_gpu_hours_bf16": 4.0,
+           "speedup_high_fp32": 3.0, "speedup_high_bf16": 2.5, "repeat_spread": 0.02}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """How long each measurement runs: at least the iterations and at least the seconds (x ``--budget-scale``).
+
+    Adding up on an H100/H200 with ViT-B/16 (reasoned, at ~45 TFLOP/s fp32 and a few hundred bf16): a training
+    cell is a build (~1 s), the memory step, >= 1 s of warm-up and >= 2 interleaved rounds (one harness and one
+    bare epoch each) totalling >= 6 s, then >= 1 s of evaluation: full_ft in fp32 (~3 s an epoch) takes ~16 s,
+    the others ~9 s, the bf16 cells ~8 s: ~130 s for the 14 cells. Inference: 10 (variant, precision) cells x 3
+    rounds x (>= 0.3 s warm-up + >= 1.5 s timed) ~ 60 s. Repeatability: 5 x (1 s + 3 s) = 20 s. Start-up,
+    3,000 generated JPEGs and their decoding ~20-30 s. In all ~4-5 minutes; the deadline (420 s) stops new
+    measurements well inside 8 minutes should the device be slower.
+    """
+
+    train_warmup_steps: int = 3
+    train_warmup_s: float = 1.0
+    train_min_rounds: int = 2  # a round: one harness epoch and one bare epoch (order alternating), one loader pass
+    train_timed_s: float = 6.0  # harness + bare epochs of one cell together
+    eval_min_passes: int = 1  # after an untimed first and last batch (both batch shapes)
+    eval_timed_s: float = 1.0
+    infer_rounds: int = 3  # every variant measured once per round, the order rotated
+    infer_warmup_iters: int = 2
+    infer_warmup_s: float = 0.3
+    infer_repeats: int = 5
+    infer_timed_s: float = 1.5
+    repeat_times: int = 5
+    repeat_warmup_iters: int = 3
+    repeat_warmup_s: float = 1.0
+    repeat_repeats: int = 5
+    repeat_iters: int = 2
+    repeat_timed_s: float = 3.0
+
+    def scaled(self, factor: float) -> "Budgets":
+        return dataclasses.replace(self, **{field.name: getattr(self, field.name) * factor
+                                            for field in dataclasses.fields(self) if field.name.endswith("_s")})
+
+
+BUDGETS = Budgets()
+TINY_BUDGETS = Budgets(train_warmup_steps=1, train_warmup_s=0.0, train_min_rounds=1, train_timed_s=0.0,
+                       eval_min_passes=1, eval_timed_s=0.0, infer_rounds=2, infer_warmup_iters=1, infer_warmup_s=0.0,
+                       infer_repeats=3, infer_timed_s=0.0, repeat_times=5, repeat_warmup_iters=1,
+                       repeat_warmup_s=0.0, repeat_repeats=3, repeat_iters=1, repeat_timed_s=0.0)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What the check runs on: backbones, image size, the generated task's splits, batches."""
+
+    backbone: str
+    small_backbone: str
+    image_size: int
+    train800: int
+    val200: int
+    test: int
+    train_batch: int
+    eval_batch: int
+    infer_batch: int
+
+
+FULL = Scale("vit_base_patch16_224", "vit_small_patch16_224", 224, 800, 200, 2000, 32, TEST_BATCH, 256)
+TINY = Scale("vit_micro_base_patch4_32", "vit_micro_small_patch4_32", 32, 12, 4, 32, 8, 16, 16)
+
+
+# --------------------------------------------------------------------------------------------- bookkeeping
+
+class Check:
+    """The results so far, the clock and the deadline; every measurement goes through :meth:`attempt`, and the
+    files are rewritten after each."""
+
+    def __init__(self, out: Path, deadline_s: float) -> None:
+        self.out, self.deadline_s = out, deadline_s
+        self.started = PROCESS_STARTED
+        self.results: dict = {"schema": SCHEMA, "started_at": _now(), "complete": False, "training": [],
+                              "inference": {}, "skipped": [], "errors": [], "section_seconds": {}}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def late(self) -> bool:
+        return self.elapsed() > self.deadline_s
+
+    def log(self, message: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} [{self.elapsed():6.1f} s] {message}", flush=True)
+
+    def attempt(self, what: str, measure: Callable[[], object]) -> object | None:
+        """``measure()``, unless the deadline has passed (then recorded as skipped); a failure is recorded with
+        its reason and the check goes on."""
+        if self.late():
+            self.results["skipped"].append(what)
+            self.log(f"skipped {what}: past the {self.deadline_s:.0f} s deadline")
+            return None
+        try:
+            return measure()
+        except Exception as exc:  # one failed measurement (an OOM, a kernel missing) must not end a one-shot check
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            self.results["errors"].append({"what": what, "reason": reason,
+                                           "where": traceback.format_exc(limit=-3).strip().splitlines()[-3:]})
+            self.log(f"FAILED {what}: {reason}")
+            free_device_memory()
+            return None
+
+    def save(self) -> None:
+        self.results["elapsed_s"] = self.elapsed()
+        self.results["projection"] = project(self.results)
+        self.results["targets"] = targets(self.results)
+        write_json_atomic(self.out / "gpu_check.json", self.results)
+        text = render_markdown(self.results)
+
+        def write(temporary: str) -> None:
+            Path(temporary).write_text(text)
+
+        replace_atomically(self.out / "gpu_check.md", write)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def free_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def timed(fn: Callable[[], object], synchronize: Callable[[], None]) -> float:
+    synchronize()
+    started = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - started
+
+
+def warm_up(step: Callable[[], object], iterations: int, seconds: float, synchronize: Callable[[], None]) -> int:
+    """At least ``iterations`` calls and ``seconds`` (each call waited for); returns the calls made."""
+    started, done = time.perf_counter(), 0
+    while done < iterations or time.perf_counter() - started < seconds:
+        step()
+        synchronize()
+        done += 1
+    return done
+
+
+def last_of(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last batch of a pass over ``loader``."""
+    for batch in loader:
+        pass
+    return batch
+
+
+def git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def environment(device: torch.device, in_effect: dict) -> dict:
+    facts = {"device": str(device), "device_name": machine(device), "torch": torch.__version__,
+             "timm": timm.__version__, "python": platform.python_version(), "platform": platform.platform(),
+             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "commit": git_commit(),
+             "cuda": torch.version.cuda, "tf32": TrainConfig().tf32,  # the run's defaults, set by backend_flags
+             "cudnn_benchmark": TrainConfig().cudnn_benchmark, **in_effect}
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        facts.update(cudnn=torch.backends.cudnn.version(), capability=f"{properties.major}.{properties.minor}",
+                     device_memory_gib=properties.total_memory / 2 ** 30, bf16_supported=torch.cuda.is_bf16_supported())
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+@dataclass
+class Data:
+    train_loader: object
+    test_loader: object
+    normalize: Normalize
+    train_images: int
+    test_images: int
+    num_classes: int
+
+
+def prepare_data(check: Check, scale: Scale, device: torch.device, folder: Path) -> Data:
+    sizes = {"train800": scale.train800, "val200": scale.val200, "test": scale.test}
+    started = time.perf_counter()
+    write_task(folder / "vtab", TASK, sizes=sizes, side=scale.image_size)
+    generated = time.perf_counter() - started
+    total = sum(sizes.values())
+    check.log(f"data: generated {total:,} JPEGs ({scale.image_size} x {scale.image_size - 2} px) in {generated:.1f} s")
+    task = load_tasks([TASK], folder / "vtab")[TASK]
+    if task.problem:
+        raise harness.UserError(f"the generated task does not load: {task.problem}")
+    started = time.perf_counter()
+    decoded = task.at_size(scale.image_size)
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    task.at_size(scale.image_size)  # the cache maps it back in
+    warm = time.perf_counter() - started
+    check.log(f"data: decode-once cache at {scale.image_size} px: {cold:.2f} s cold ({total / cold:,.0f} img/s), "
+              f"{warm:.3f} s warm")
+    normalize = Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, device)
+    train_loader = make_loader(decoded.train_and_val, scale.train_batch, shuffle=True, seed=0, device=device)
+    test_loader = make_loader(decoded.test, scale.eval_batch, shuffle=False, device=device)
+    held = getattr(getattr(train_loader, "images", None), "device", None)
+    check.results["data"] = {
+        "task_layout": TASK, "splits": sizes, "train_images": len(decoded.train_and_val),
+        "test_images": len(decoded.test), "image_size": scale.image_size, "generated_side": [scale.image_size,
+                                                                                             scale.image_size - 2],
+        "generate_seconds": generated, "decode_seconds_cold": cold, "decode_img_per_s": total / cold,
+        "decode_seconds_warm": warm, "split_on": str(held) if held is not None else "host (DataLoader)",
+        "train_batch": scale.train_batch, "eval_batch": scale.eval_batch}
+    return Data(train_loader, test_loader, normalize, len(decoded.train_and_val), len(decoded.test),
+                task.num_classes)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def build_model(name: str, method: str, level: str | None, classes: int, device: torch.device, *,
+                drop_path: float = 0.0) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = harness.create_backbone(name, classes, pretrained=False, drop_path_rate=drop_path)
+    return harness.adapt(model, method, level).to(device)
+
+
+def train_cell(model: torch.nn.Module, precision: str, data: Data, budgets: Budgets, device: torch.device,
+               check: Check) -> dict:
+    """One (model, precision): peak memory, harness vs bare loop interleaved, loader share, one evaluation."""
+    synchronize = device_synchronizer(device)
+    optimizer = build_optimizer(model, TrainConfig())
+    trainer = Trainer(model, optimizer, data.normalize, precision=precision)
+    loader = data.train_loader
+    model.train()
+    first = next(iter(loader))
+    memory = peak_memory(lambda: trainer.train_step(*first), device, model, optimizer)  # fresh optimizer, as runs
+    mean, std = data.normalize.mean, data.normalize.std
+
+    def bare_step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        with autocast(device, precision):
+            logits = model((images.float() - mean) / std)
+        loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    warm_up(lambda: trainer.train_step(*first), budgets.train_warmup_steps, budgets.train_warmup_s, synchronize)
+    trainer.train_step(*last_of(loader))  # an epoch's last batch may be smaller: a shape of its own to warm up
+    bare_step(*first)
+    schedule = Schedule(TrainConfig(), steps_per_epoch=len(loader))
+    position = 0
+
+    def harness_epoch() -> None:  # the run's loop: fit() calls train_epoch and syncs once per epoch
+        nonlocal position
+        loss_sum, _ = train_epoch(trainer, loader, schedule, position)
+        position += len(loader)
+        loss_sum.item()
+
+    def bare_epoch() -> None:
+        for images, labels in loader:
+            bare_step(images, labels)
+        synchronize()
+
+    def loader_pass() -> None:
+        for _ in loader:
+            synchronize()
+
+    seconds: dict[str, list[float]] = {"harness": [], "bare": [], "loader": []}
+    loops = {"harness": harness_epoch, "bare": bare_epoch}
+    rounds, spent, cut_short = 0, 0.0, False
+    while rounds < budgets.train_min_rounds or spent < budgets.train_timed_s:
+        for name in (("harness", "bare") if rounds % 2 == 0 else ("bare", "harness")):
+            seconds[name].append(timed(loops[name], synchronize))
+            spent += seconds[name][-1]
+        seconds["loader"].append(timed(loader_pass, synchronize))
+        rounds += 1
+        if check.late():
+            cut_short = rounds < budgets.train_min_rounds or spent < budgets.train_timed_s
+            break
+
+    trainer.evaluate([next(iter(data.test_loader)), last_of(data.test_loader)])  # untimed: both batch shapes
+    passes, eval_spent = 0, 0.0
+    while passes < budgets.eval_min_passes or eval_spent < budgets.eval_timed_s:
+        eval_spent += timed(lambda: trainer.evaluate(data.test_loader), synchronize)
+        passes += 1
+    model.zero_grad(set_to_none=True)
+
+    epochs, steps = len(seconds["harness"]), len(loader)
+    harness_total, bare_total = sum(seconds["harness"]), sum(seconds["bare"])
+    loader_per_pass = sum(seconds["loader"]) / len(seconds["loader"])
+    total, tunable = count_parameters(model)
+    return {
+        "precision": precision, "batch": loader.batches.batch_size if hasattr(loader, "batches") else None,
+        "steps_per_epoch": steps, "rounds": rounds, "cut_short": cut_short,
+        "train_img_per_s": data.train_images * epochs / harness_total,
+        "bare_img_per_s": data.train_images * epochs / bare_total,
+        "harness_vs_bare": bare_total / harness_total,
+        "step_ms": 1000 * harness_total / (epochs * steps),
+        "epoch_s": statistics.median(seconds["harness"]),
+        "harness_epoch_s": seconds["harness"], "bare_epoch_s": seconds["bare"], "loader_pass_s": seconds["loader"],
+        "loader_ms_per_batch": 1000 * loader_per_pass / steps,
+        "input_share": loader_per_pass / (harness_total / epochs),
+        "eval_s": eval_spent / passes, "eval_passes": passes, "eval_img_per_s": data.test_images * passes / eval_spent,
+        "peak_mem_mb": memory.mb, "peak_reserved_mb": memory.reserved_mb, "mem_method": memory.method,
+        "total_params": total, "tunable_params": tunable,
+    }
+
+
+def section_training(check: Check, scale: Scale, data: Data, budgets: Budgets, device: torch.device) -> None:
+    started = time.perf_counter()
+    for label, method, level, which in TRAIN_CONFIGS:
+        backbone = scale.backbone if which == "base" else scale.small_backbone
+        model = check.attempt(f"build {label}", lambda: build_model(
+            backbone, method, level, data.num_classes, device, drop_path=TrainConfig().drop_path))
+        for precision in PRECISIONS:
+            what = f"training {label} {precision}"
+            row = None if model is None else check.attempt(
+                what, lambda: train_cell(model, precision, data, budgets, device, check))
+            if row is None:
+                if model is None:
+                    check.results["skipped"].append(what)  # recorded once per cell, whatever stopped the build
+                continue
+            row = {"config": label, "method": method, "level": level or "none", "backbone": backbone, **row}
+            check.results["training"].append(row)
+            memory = f"{row['peak_mem_mb']:,.0f} MiB"
+            check.log(f"{what}: {row['train_img_per_s']:,.1f} img/s (bare {row['bare_img_per_s']:,.1f}, harness/bare "
+                      f"{row['harness_vs_bare']:.3f}), step {row['step_ms']:.1f} ms, input "
+                      f"{100 * row['input_share']:.2f} %, epoch {row['epoch_s']:.2f} s, eval {row['eval_s']:.2f} s "
+                      f"({row['eval_img_per_s']:,.0f} img/s), peak {memory}")
+            check.save()
+        del model
+        free_device_memory()
+    check.results["section_seconds"]["training"] = time.perf_counter() - started
+    check.save()
+
+
+# ----------------------------------------------------------------------------------------------- inference
+
+def inference_settings(precision: str, budgets: Budgets, batch: int) -> MeasureConfig:
+    return MeasureConfig(batches=(batch,), precision=precision, warmup_iters=budgets.infer_warmup_iters,
+                         warmup_seconds=budgets.infer_warmup_s, repeats=budgets.infer_repeats, iters_per_repeat=1,
+                         timed_seconds=budgets.infer_timed_s)
+
+
+def build_inference_models(check: Check, scale: Scale, classes: int, device: torch.device) -> dict:
+    models = {}
+    gmacs = check.results.setdefault("inference_gmacs", {})
+    for label, method, level in INFER_VARIANTS:
+        def build() -> torch.nn.Module:
+            model = harness.merge_for_inference(build_model(scale.backbone, method, level, classes, device)).eval()
+            gmacs[label] = count_gmacs(model, scale.image_size, device)
+            return model
+        model = check.attempt(f"build {label} (inference)", build)
+        if model is not None:
+            models[label] = model
+    check.log("inference models: " + ", ".join(f"{label} {gmacs[label]:.3g} GMACs" for label in models))
+    return models
+
+
+def inference_rows(rounds: dict[str, list], gmacs: dict[str, float]) -> list[dict]:
+    medians = {label: statistics.median(r["median"] for r in measured)
+               for label, measured in rounds.items() if measured}
+    rows = []
+    for label, measured in rounds.items():
+        if not measured:
+            continue
+        row = {"variant": label, "img_per_s": medians[label], "batch": measured[-1]["batch"],
+               "rounds": [r["median"] for r in measured], "iqr": [r["iqr"] for r in measured],
+               "round_spread": (max(r["median"] for r in measured) - min(r["median"] for r in measured))
+               / medians[label], "gmacs": gmacs.get(label)}
+        if "full" in medians and gmacs.get("full") and gmacs.get(label):
+            row["speedup"] = medians[label] / medians["full"]
+            row["gmacs_ratio"] = gmacs["full"] / gmacs[label]
+            row["speedup_per_gmacs_ratio"] = row["speedup"] / row["gmacs_ratio"]
+        rows.append(row)
+    return rows
+
+
+def section_inference(check: Check, scale: Scale, models: dict, budgets: Budgets, device: torch.device) -> None:
+    started = time.perf_counter()
+    gmacs = check.results.get("inference_gmacs", {})
+    for precision in PRECISIONS:
+        settings = inference_settings(precision, budgets, scale.infer_batch)
+        measured: dict[str, list] = {label: [] for label in models}
+        labels = list(models)
+        for index in range(budgets.infer_rounds if labels else 0):
+            order = labels[index % len(labels):] + labels[:index % len(labels)]  # rotated: no variant always first
+            for label in order:
+                what = f"inference {label} {precision} round {index + 1}"
+                result = check.attempt(what, lambda: inference_throughput(
+                    models[label], scale.image_size, device, batch_size=scale.infer_batch, settings=settings))
+                if result is not None:
+                    measured[label].append({"median": result.median, "iqr": result.iqr, "batch": result.batch_size})
+            check.results["inference"][precision] = inference_rows(measured, gmacs)
+            check.log(f"inference {precision} round {index + 1}: " + ", ".join(
+                f"{label} {measured[label][-1]['median']:,.0f}" for label in labels if measured[label]) + " img/s")
+            check.save()
+        for row in check.results["inference"].get(precision, []):
+            if "speedup" in row:
+                check.log(f"inference {precision} {row['variant']}: {row['img_per_s']:,.1f} img/s, speed-up "
+                          f"{row['speedup']:.2f}x, GMACs ratio {row['gmacs_ratio']:.2f}x")
+    check.results["section_seconds"]["inference"] = time.perf_counter() - started
+    check.save()
+
+
+def section_repeatability(check: Check, scale: Scale, models: dict, budgets: Budgets, device: torch.device) -> None:
+    started = time.perf_counter()
+    settings = MeasureConfig(batches=(scale.infer_batch,), precision=REPEAT_PRECISION,
+                             warmup_iters=budgets.repeat_warmup_iters, warmup_seconds=budgets.repeat_warmup_s,
+                             repeats=budgets.repeat_repeats, iters_per_repeat=budgets.repeat_iters,
+                             timed_seconds=budgets.repeat_timed_s)
+    record = {"variant": REPEAT_VARIANT, "backbone": scale.backbone, "precision": REPEAT_PRECISION,
+              "batch": scale.infer_batch, "protocol": {"warmup_iters": settings.warmup_iters,
+                                                       "warmup_seconds": settings.warmup_seconds,
+                                                       "repeats": settings.repeats,
+                                                       "iters_per_repeat": settings.iters_per_repeat,
+                                                       "timed_seconds": settings.timed_seconds},
+              "medians": [], "iqrs": []}
+    check.results["repeatability"] = record
+    model = models.get(REPEAT_VARIANT)
+    for index in range(budgets.repeat_times):
+        what = f"repeatability {index + 1}/{budgets.repeat_times}"
+        result = None if model is None else check.attempt(what, lambda: inference_throughput(
+            model, scale.image_size, device, batch_size=scale.infer_batch, settings=settings))
+        if result is None:
+            if model is None:
+                check.results["skipped"].append(what)
+            continue
+        record["medians"].append(result.median)
+        record["iqrs"].append(result.iqr)
+        values = record["medians"]
+        mean = statistics.mean(values)
+        record.update(mean=mean, spread=(max(values) - min(values)) / mean,
+                      cv=statistics.stdev(values) / mean if len(values) > 1 else 0.0, batch=result.batch_size)
+        check.log(f"{what}: {result.median:,.1f} img/s (IQR {result.iqr:,.1f}); spread so far "
+                  f"{100 * record['spread']:.2f} %")
+        check.save()
+    check.results["section_seconds"]["repeatability"] = time.perf_counter() - started
+    check.save()
+
+
+# ---------------------------------------------------------------------------------------------- projection
+
+def _cell(results: dict, config: str, precision: str) -> dict | None:
+    return next((row for row in results.get("training", []) if row["config"] == config
+                 and row["precision"] == precision), None)
+
+
+def _deployed_img_per_s(results: dict, source: str) -> float | None:
+    """fp32 inference img/s of the deployed model a config measures (merged LoRA is the plain ViT: full's)."""
+    variant = "full" if source == "lora" else source
+    row = next((row for row in results.get("inference", {}).get("fp32", []) if row["variant"] == variant), None)
+    if row is not None:
+        return row["img_per_s"]
+    cell = _cell(results, source, "fp32")  # small_peft's ViT-S is not in the inference section: its eval rate
+    return cell["eval_img_per_s"] if cell else None
+
+
+def project(results: dict) -> dict:
+    """GPU-hours of the preset's table from the measured cells, fp32 and bf16 training side by side."""
+    preset = presets.load(f"paper/{PROJECTED_PRESET}")
+    run, recipe = preset["run"], preset["train"]
+    measure = MeasureConfig.preset(run["bench_preset"])
+    epochs, every = recipe["epochs"], recipe["eval_every"]
+    evaluations = epochs // every + (epochs % every != 0)
+    configs = [(method, level) for method in run["methods"]
+               for level in (run["compression"] if registry.get_method(method).compresses else [None])]
+    search_steps = inspect.signature(registry.get_method("diffrate").fn).parameters["search_steps"].default
+    candidates = len(smaller_in_family(known_backbone_named(PROJECTED_BACKBONE)))
+    tasks, test_images = len(VTAB_TEST_SIZES), sum(VTAB_TEST_SIZES.values())
+    data = results.get("data", {})
+    train_images = data.get("train_images") or VTAB_TRAIN_IMAGES
+    projection = {
+        "preset": PROJECTED_PRESET, "configs": [f"{m}-{lv}" if lv else m for m, lv in configs], "tasks": tasks,
+        "epochs": epochs, "evaluations_per_run": evaluations, "train_images_per_task": VTAB_TRAIN_IMAGES,
+        "test_images_all_tasks": test_images, "measurement": {"batch": measure.batches[0],
+                                                              "precision": measure.precision,
+                                                              "warmup_seconds": measure.warmup_seconds,
+                                                              "timed_seconds": measure.timed_seconds},
+        "assumptions": [
+            "diffrate trains and evaluates at tome's measured speed at the same level (same GMACs target); its "
+            f"rate search ({search_steps} steps, fp32: it runs in adapt, outside autocast) is costed at "
+            f"{SEARCH_STEP_FACTOR:.2f} x LoRA's fp32 step",
+            f"small_peft trains LoRA on ViT-S at both levels (the only smaller backbone of the family); each run "
+            f"first times tome at its level and {candidates} candidate(s) under the timing preset",
+            f"an epoch is {VTAB_TRAIN_IMAGES:,} images (train800val200) at the measured epoch time, scaled by "
+            f"{VTAB_TRAIN_IMAGES:,} / {train_images:,} images measured; plus 2 steps (memory probe, first step)",
+            f"{evaluations} evaluations per run of the task's test split at the measured evaluation img/s, in the "
+            f"training precision; the measurement is the preset's ({measure.batches[0]} images, "
+            f"{measure.precision}, {measure.warmup_seconds:g} s + {measure.timed_seconds:g} s) whatever the "
+            f"training precision",
+            "decoding: once per task (the cache serves every later run), at the generated images' decode rate",
+            "not in it: process start, weight loading, GMACs counting, the inference memory probe",
+        ],
+    }
+    decode_rate = data.get("decode_img_per_s")
+    decode_s = sum(VTAB_TRAIN_IMAGES + n for n in VTAB_TEST_SIZES.values()) / decode_rate if decode_rate else 0.0
+    for precision in PRECISIONS:
+        rows, missing = [], []
+        totals = dict.fromkeys(("train", "eval", "measure", "diffrate_search", "small_peft_match"), 0.0)
+        for method, level in configs:
+            name = f"{method}-{level}" if level else method
+            source = PROJECTION_SOURCES[method].format(level=level)
+            cell = _cell(results, source, precision)
+            if cell is None:
+                missing.append(name)
+                continue
+            deployed = _deployed_img_per_s(results, source)
+            per_image = 1 / deployed if deployed else 0.0
+            train_s = epochs * cell["epoch_s"] * VTAB_TRAIN_IMAGES / train_images + 2 * cell["step_ms"] / 1000
+            eval_s = evaluations * test_images / cell["eval_img_per_s"]  # all tasks
+            measure_s = _measurement_seconds(measure, per_image)
+            extra = {}
+            if method == "diffrate":
+                lora = _cell(results, "lora", "fp32")
+                if lora is None:
+                    missing.append(f"{name} (search: lora fp32)")
+                else:
+                    extra["diffrate_search"] = search_steps * SEARCH_STEP_FACTOR * lora["step_ms"] / 1000
+            if method == "small_peft":
+                reference = _deployed_img_per_s(results, f"tome-{level}")
+                extra["small_peft_match"] = (_measurement_seconds(measure, 1 / reference if reference else 0.0)
+                                             + candidates * _measurement_seconds(measure, per_image))
+            hours = {"train": tasks * train_s / 3600, "eval": eval_s / 3600, "measure": tasks * measure_s / 3600,
+                     **{key: tasks * value / 3600 for key, value in extra.items()}}
+            for key, value in hours.items():
+                totals[key] += value
+            rows.append({"config": name, "from": f"{source} {precision}", "train_img_per_s": cell["train_img_per_s"],
+                         "eval_img_per_s": cell["eval_img_per_s"], "per_run_train_s": train_s,
+                         "hours": hours, "total_h": sum(hours.values())})
+        totals_h = {f"{key}_h": value for key, value in totals.items()}
+        totals_h["decode_h"] = decode_s / 3600
+        projection[precision] = {"rows": rows, "missing": missing, **totals_h,
+                                 "total_h": sum(totals_h.values()) if not missing else None,
+                                 "partial_total_h": sum(totals_h.values())}
+    return projection
+
+
+# ------------------------------------------------------------------------------------------------- targets
+
+def targets(results: dict) -> list[dict]:
+    """Each target with its bound, the measured value and pass / fail (None: not measured)."""
+    rows = []
+    train = results.get("training", [])
+
+    def add(name: str, bound: str, measured: str | None, passed: bool | None) -> None:
+        rows.append({"target": name, "bound": bound, "measured": measured or "not measured", "passed": passed})
+
+    worst = max(train, key=lambda row: row["input_share"], default=None)
+    add("input pipeline share of the training step", f"<= {100 * TARGETS['input_share']:.0f} %",
+        worst and f"{100 * worst['input_share']:.2f} % (highest: {worst['config']} {worst['precision']})",
+        worst and worst["input_share"] <= TARGETS["input_share"])
+    lowest = min(train, key=lambda row: row["harness_vs_bare"], default=None)
+    add("harness training loop vs bare PyTorch loop (img/s ratio)", f">= {TARGETS['harness_vs_bare']:.2f}x",
+        lowest and f"{lowest['harness_vs_bare']:.3f}x (lowest: {lowest['config']} {lowest['precision']}; median "
+                   f"{statistics.median(row['harness_vs_bare'] for row in train):.3f}x)",
+        lowest and lowest["harness_vs_bare"] >= TARGETS["harness_vs_bare"])
+    projection = results.get("projection", {})
+    bf16, fp32 = projection.get("bf16", {}), projection.get("fp32", {})
+    hours_bf16, hours_fp32 = bf16.get("total_h"), fp32.get("total_h")
+    add(f"ViT-B/16 table ({PROJECTED_PRESET}) projected GPU-hours, bf16 training",
+        f"<= {TARGETS['table_gpu_hours_bf16']:g} h",
+        None if hours_bf16 is None else f"{hours_bf16:.2f} h (fp32 training: {_f(hours_fp32, '.2f', ' h')})",
+        None if hours_bf16 is None else hours_bf16 <= TARGETS["table_gpu_hours_bf16"])
+    for precision in PRECISIONS:
+        bound = TARGETS[f"speedup_high_{precision}"]
+        for variant in ("tome-high", "pyra-high"):
+            row = next((r for r in results.get("inference", {}).get(precision, []) if r["variant"] == variant), None)
+            measured = row and "speedup" in row and (f"{row['speedup']:.2f}x (GMACs ratio {row['gmacs_ratio']:.2f}x, "
+                                                     f"batch {row['batch']})")
+            add(f"speed-up at high compression, {variant}, {precision}", f">= {bound:.1f}x", measured or None,
+                row["speedup"] >= bound if measured else None)
+    repeat = results.get("repeatability", {})
+    enough = len(repeat.get("medians", [])) >= 2
+    add(f"{len(repeat.get('medians', [])) or 'five'} measurements of one model ({REPEAT_VARIANT} "
+        f"{REPEAT_PRECISION}): (max - min) / mean", f"<= {100 * TARGETS['repeat_spread']:.0f} %",
+        enough and f"{100 * repeat['spread']:.2f} % (CV {100 * repeat['cv']:.2f} %)" or None,
+        repeat["spread"] <= TARGETS["repeat_spread"] if enough else None)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+def _f(value: object, spec: str = ",.1f", suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def _table(rows: list[list], headers: list[str]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def render_markdown(results: dict) -> str:
+    env, settings = results.get("environment", {}), results.get("settings", {})
+    lines = [f"# GPU check: {env.get('device_name', '?')}", ""]
+    lines.append(f"torch {env.get('torch')} (CUDA build {env.get('cuda')}), timm {env.get('timm')}, commit "
+                 f"{(env.get('commit') or '?')[:12]}; started {results.get('started_at')}, "
+                 f"{results.get('elapsed_s', 0):.0f} s, {'complete' if results.get('complete') else 'INCOMPLETE'}; "
+                 f"backbones {settings.get('backbone')} / {settings.get('small_backbone')} at "
+                 f"{settings.get('image_size')} px, random init; budget scale {settings.get('budget_scale')}.")
+    if settings.get("tiny"):
+        lines += ["", f"**Tiny smoke run** (micro backbones at 32 px on {env.get('device')}): these figures test the "
+                      f"script; they are not a GPU's, and the targets' pass/fail means nothing here."]
+    lines += ["", "## Targets", "", _table([[row["target"], row["bound"], row["measured"],
+                                             {True: "pass", False: "FAIL", None: "-"}[row["passed"]]]
+                                            for row in results.get("targets", [])],
+                                           ["target", "bound", "measured", "result"])]
+
+    data = results.get("data")
+    train = results.get("training", [])
+    lines += ["", "## Training", ""]
+    if data:
+        lines.append(f"Batch {data['train_batch']}, one epoch = {data['train_images']:,} images "
+                     f"({-(-data['train_images'] // data['train_batch'])} steps), evaluation = {data['test_images']:,} "
+                     f"test images at batch {data['eval_batch']}; split on {data['split_on']}. img/s: whole harness "
+                     f"epochs (`train_epoch`); bare: the same model, optimizer, batches, autocast and loss inline, "
+                     f"interleaved round by round; input share: a pass of the loader alone (synchronised per batch) "
+                     f"/ a harness epoch; peak: first step from a fresh optimizer.")
+        lines.append("")
+    lines.append(_table([[r["config"], r["backbone"], r["precision"], _f(r["train_img_per_s"]),
+                          _f(r["bare_img_per_s"]), _f(r["harness_vs_bare"], ".3f", "x"), _f(r["step_ms"], ".1f"),
+                          _f(100 * r["input_share"], ".2f", " %"), _f(r["epoch_s"], ".2f"), _f(r["eval_s"], ".2f"),
+                          _f(r["eval_img_per_s"], ",.0f"), _f(r["peak_mem_mb"], ",.0f"),
+                          _f(r["peak_reserved_mb"], ",.0f"), f"{r['tunable_params']:,}",
+                          f"{r['rounds']}{' (cut)' if r['cut_short'] else ''}"] for r in train],
+                        ["config", "backbone", "precision", "train img/s", "bare img/s", "harness/bare", "step ms",
+                         "input share", "epoch s", "eval s", "eval img/s", "peak MiB", "reserved MiB", "tunable",
+                         "rounds"]) if train else "not measured")
+
+    lines += ["", "## Inference", ""]
+    inference = results.get("inference", {})
+    if inference:
+        lines.append(f"Batch {settings.get('infer_batch')}, deployed (LoRA merged), eval mode, `inference_throughput`; "
+                     f"img/s: median over {settings.get('budgets', {}).get('infer_rounds')} rounds that interleave "
+                     f"the variants; speed-up against full in the same precision.")
+        lines.append("")
+        rows = [[precision, r["variant"], _f(r["gmacs"], ".3f"), _f(r.get("gmacs_ratio"), ".2f", "x"),
+                 _f(r["img_per_s"]), _f(r.get("speedup"), ".2f", "x"), _f(r.get("speedup_per_gmacs_ratio"), ".2f"),
+                 _f(100 * r["round_spread"], ".1f", " %"), str(r["batch"])]
+                for precision, measured in inference.items() for r in measured]
+        lines.append(_table(rows, ["precision", "variant", "GMACs", "GMACs ratio", "img/s", "speed-up",
+                                   "speed-up / GMACs ratio", "spread over rounds", "batch"]))
+    else:
+        lines.append("not measured")
+
+    lines += ["", "## Repeatability", ""]
+    repeat = results.get("repeatability", {})
+    if repeat.get("medians"):
+        protocol = repeat["protocol"]
+        lines.append(f"{repeat['variant']} ({repeat['backbone']}), {repeat['precision']}, batch {repeat['batch']}, "
+                     f"each measurement: warm-up >= {protocol['warmup_iters']} iterations and "
+                     f">= {protocol['warmup_seconds']:g} s, then >= {protocol['repeats']} repeats of "
+                     f"{protocol['iters_per_repeat']} and >= {protocol['timed_seconds']:g} s.")
+        lines.append("")
+        lines.append(_table([[str(i + 1), _f(m), _f(q)] for i, (m, q) in enumerate(zip(repeat["medians"],
+                                                                                         repeat["iqrs"]))],
+                            ["measurement", "img/s (median)", "IQR"]))
+        lines.append("")
+        lines.append(f"Mean {_f(repeat['mean'])} img/s; (max - min) / mean {_f(100 * repeat['spread'], '.2f', ' %')}; "
+                     f"coefficient of variation {_f(100 * repeat['cv'], '.2f', ' %')}.")
+    else:
+        lines.append("not measured")
+
+    projection = results.get("projection", {})
+    lines += ["", f"## Projection: `python run.py --preset {projection.get('preset')}`", ""]
+    lines.append(f"{len(projection.get('configs', []))} configs ({', '.join(projection.get('configs', []))}) x "
+                 f"{projection.get('tasks')} tasks x {projection.get('epochs')} epochs of "
+                 f"{projection.get('train_images_per_task'):,} images, {projection.get('evaluations_per_run')} "
+                 f"evaluations per run ({projection.get('test_images_all_tasks'):,} test images over the tasks), "
+                 f"and the timing preset's measurement per run.")
+    if settings.get("tiny"):
+        lines.append("(Tiny run: computed from the micro models' figures, so only the arithmetic is tested.)")
+    lines.append("")
+    keys = ("train_h", "eval_h", "measure_h", "diffrate_search_h", "small_peft_match_h", "decode_h")
+    lines.append(_table([[precision, *(_f(projection[precision][key], ".2f") for key in keys),
+                          _f(projection[precision]["total_h"], ".2f") if projection[precision]["total_h"] is not None
+                          else f"partial {projection[precision]['partial_total_h']:.2f} (missing: "
+                               f"{', '.join(projection[precision]['missing'])})"]
+                         for precision in PRECISIONS if precision in projection],
+                        ["training precision", "train h", "eval h", "measurement h", "diffrate search h",
+                         "small_peft match h", "decode h", "total GPU-h"]))
+    lines.append("")
+    per_config = {}
+    for precision in PRECISIONS:
+        for row in projection.get(precision, {}).get("rows", []):
+            per_config.setdefault(row["config"], {})[precision] = row
+    lines.append(_table([[config, " / ".join(row["from"] for row in by.values()),
+                          " / ".join(_f(row["train_img_per_s"]) for row in by.values()),
+                          " / ".join(_f(row["eval_img_per_s"], ",.0f") for row in by.values()),
+                          _f(by.get("fp32", {}).get("total_h"), ".3f"), _f(by.get("bf16", {}).get("total_h"), ".3f")]
+                         for config, by in per_config.items()],
+                        ["config", "figures from", "train img/s", "eval img/s", "GPU-h fp32", "GPU-h bf16"]))
+    lines += [""] + [f"- {assumption}" for assumption in projection.get("assumptions", [])]
+
+    lines += ["", "## Data and run", ""]
+    if data:
+        lines.append(f"Generated {sum(data['splits'].values()):,} JPEGs ({data['generated_side'][0]} x "
+                     f"{data['generated_side'][1]} px, VTAB-1k layout, {data['task_layout']}'s classes) in "
+                     f"{data['generate_seconds']:.1f} s; decode-once cache at {data['image_size']} px: "
+                     f"{data['decode_seconds_cold']:.2f} s cold ({data['decode_img_per_s']:,.0f} img/s), "
+                     f"{data['decode_seconds_warm']:.3f} s warm (mapped back).")
+    sections = results.get("section_seconds", {})
+    lines.append("Seconds per section: " + (", ".join(f"{k} {v:.1f}" for k, v in sections.items()) or "-") + ".")
+    if results.get("skipped"):
+        lines.append(f"Skipped (deadline {settings.get('deadline_s')} s): {', '.join(results['skipped'])}.")
+    for error in results.get("errors", []):
+        lines.append(f"- FAILED {error['what']}: {error['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+def run_sections(check: Check, scale: Scale, budgets: Budgets, device: torch.device, folder: Path) -> None:
+    started = time.perf_counter()
+    data = check.attempt("data", lambda: prepare_data(check, scale, device, folder))
+    check.results["section_seconds"]["data"] = time.perf_counter() - started
+    check.save()
+    if data is None:
+        check.results["skipped"].append("everything after the data")
+        return
+    section_training(check, scale, data, budgets, device)
+    started = time.perf_counter()
+    models = build_inference_models(check, scale, data.num_classes, device)
+    check.results["section_seconds"]["inference_build"] = time.perf_counter() - started
+    del data
+    free_device_memory()
+    section_inference(check, scale, models, budgets, device)
+    section_repeatability(check, scale, models, budgets, device)
+
+
+def main() -> int:
+    parser = make_parser(__doc__, "vit_base_patch16_224", device=True)
+    parser.set_defaults(backbone=None, device="cuda")
+    parser.add_argument("--small-backbone", default=None,
+                        help="the small_peft model (default vit_small_patch16_224; --tiny: vit_micro_small_patch4_32)")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check"), help="folder for gpu_check.json / .md")
+    parser.add_argument("--tiny", action="store_true",
+                        help="micro backbones at 32 px, tiny splits, batches and budgets: a CPU smoke run")
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every seconds budget")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds after which no measurement starts (default 420; --tiny 120)")
+    args = parser.parse_args()
+    if args.budget_scale <= 0:
+        parser.error("--budget-scale must be positive")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}, but torch {torch.__version__} sees no CUDA device; run on a GPU "
+              f"machine or pass --device cpu (with --tiny)", file=sys.stderr)
+        return 2
+    scale = dataclasses.replace(TINY if args.tiny else FULL, **{
+        key: value for key, value in (("backbone", args.backbone), ("small_backbone", args.small_backbone)) if value})
+    budgets = (TINY_BUDGETS if args.tiny else BUDGETS).scaled(args.budget_scale)
+    deadline = args.deadline if args.deadline is not None else (120.0 if args.tiny else 420.0)
+    if args.tiny and device.type == "cpu":
+        torch.set_num_threads(1)  # a smoke run on a shared host: light, and steadier than threads fighting for cores
+    device = setup(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    check = Check(args.out, deadline)
+    check.results["settings"] = {
+        "tiny": args.tiny, "budget_scale": args.budget_scale, "deadline_s": deadline,
+        "budgets": dataclasses.asdict(budgets), **dataclasses.asdict(scale), "precisions": list(PRECISIONS),
+        "train_configs": [{"config": c, "method": m, "level": lv, "backbone": b} for c, m, lv, b in TRAIN_CONFIGS],
+        "inference_variants": [v for v, _, _ in INFER_VARIANTS], "normalization": "imagenet",
+        "train_config": dataclasses.asdict(TrainConfig())}
+    check.log(f"gpu check on {machine(device)}: {scale.backbone} / {scale.small_backbone} at {scale.image_size} px, "
+              f"budget scale {args.budget_scale}, deadline {deadline:.0f} s, writing {args.out}")
+    # A kill by `timeout` (SIGTERM) unwinds like an exception, so the files are written once more on the way out.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpu_check-") as folder, \
+                backend_flags(TrainConfig(), device) as flags:
+            os.environ["ADAPTBENCH_CACHE"] = str(Path(folder) / "cache")  # a cold decode, nothing in ~/.cache
+            check.results["environment"] = environment(device, flags)
+            check.save()
+            run_sections(check, scale, budgets, device, Path(folder))
+    except Exception as exc:  # a bug of the check itself: what was measured is still written
+        check.results["errors"].append({"what": "the check itself", "reason": f"{type(exc).__name__}: {exc}",
+                                        "where": traceback.format_exc(limit=-3).strip().splitlines()[-3:]})
+        check.log(f"FAILED: {type(exc).__name__}: {exc}")
+    except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM or Ctrl-C: written as cut off, then out
+        check.results["errors"].append({"what": "the check itself", "reason": f"interrupted ({type(exc).__name__})"})
+        check.log(f"interrupted ({type(exc).__name__}); writing what was measured")
+        raise
+    finally:
+        check.results["complete"] = not check.results["skipped"] and not check.results["errors"]
+        check.results["finished_at"] = _now()
+        check.save()
+    print()
+    print((args.out / "gpu_check.md").read_text(), flush=True)
+    check.log(f"wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
+    return 0 if check.results["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

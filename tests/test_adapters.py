@@ -1,0 +1,204 @@
+"""Adapter-only checkpoints: a trained run's trainable parameters reload onto a freshly adapted backbone and give
+the same logits; a file that does not fit is one line; the CLI writes one beside each record unless told not to."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+import harness
+from harness import isolated, runner
+from harness.cli import main
+from harness.config import RunConfig
+from harness.store import STATUS_FAILED, STATUS_OK, RunStore
+from harness.train import TrainConfig
+
+BIG, SMALL = "vit_micro_base_patch4_32", "vit_micro_small_patch4_32"
+CLASSES = 4
+
+
+def images(count: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(count, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def adapted(method: str, level: str = "none", seed: int = 0, **options) -> torch.nn.Module:
+    """A pretrained micro ViT (frozen weights the same whatever the seed) adapted with ``method``; the seed draws
+    the head and the adapters."""
+    harness.load_plugins()
+    torch.manual_seed(seed)
+    return harness.adapt(harness.create_backbone(BIG, CLASSES, img_size=32), method, level, **options)
+
+
+def train_a_little(model: torch.nn.Module, steps: int = 2) -> torch.nn.Module:
+    """A few AdamW steps at a high learning rate: every trainable tensor moves away from its init."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for step in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(images(8, step)), torch.arange(8) % CLASSES)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(images(4, seed=99))
+
+
+CASES = {  # method, level, options for the trained model; how the fresh one is adapted (a search need not rerun)
+    "lora": ("lora", "none", {}, {}),
+    "tome": ("tome", "high", {}, {}),
+    "pyra": ("pyra", "high", {}, {}),
+    "diffrate": ("diffrate", "high", {"train_data": [images(8, 7)], "search_steps": 3}, {"level": "none"}),
+    "full_ft": ("full_ft", "none", {}, {}),
+    "small_peft": ("small_peft", "none", {}, {}),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def saved(request, tmp_path_factory):
+    """A trained model of each method, its adapter file, and the case."""
+    method, level, options, _ = CASES[request.param]
+    model = train_a_little(adapted(method, level, seed=0, **options))
+    path = tmp_path_factory.mktemp("adapters") / f"{method}.adapter.safetensors"
+    harness.save_adapter(model, path, {"method": method, "compression": level, "backbone": BIG})
+    return model, path, request.param
+
+
+def test_reload_onto_a_fresh_backbone_gives_the_same_logits(saved):
+    trained, path, case = saved
+    method, level, _, fresh_options = CASES[case]
+    fresh = adapted(method, fresh_options.get("level", level), seed=1)  # another seed: other head and adapters
+    assert not torch.allclose(logits(fresh), logits(trained), atol=1e-3), "the fresh model must start elsewhere"
+    assert harness.load_adapter(fresh, path) is fresh
+    torch.testing.assert_close(logits(fresh), logits(trained), rtol=1e-6, atol=1e-6)
+    if case == "diffrate":  # the searched counts are back, though the fresh model searched nothing
+        assert fresh.adaptbench_info["prune_kept"] == trained.adaptbench_info["prune_kept"]
+
+
+def test_the_file_holds_exactly_the_trainable_parameters(saved):
+    trained, path, _ = saved
+    tensors = load_file(str(path))
+    trainable = {name: p for name, p in trained.named_parameters() if p.requires_grad}
+    assert set(tensors) == set(trainable)
+    assert all(torch.equal(tensors[name], param.detach()) for name, param in trainable.items())
+
+
+def test_the_header_names_what_rebuilds_the_model(saved):
+    trained, path, case = saved
+    facts = harness.read_adapter_facts(path)
+    method, level, _, _ = CASES[case]
+    assert {key: facts[key] for key in ("method", "compression", "backbone", "num_classes", "img_size")} == {
+        "method": method, "compression": level, "backbone": BIG, "num_classes": str(CLASSES), "img_size": "32"}
+    if case == "diffrate":  # the searched counts, which are no parameters
+        assert facts["prune_kept"] == trained.adaptbench_info["prune_kept"] != ",".join(["65"] * 12)
+        assert facts["merge_kept"] == trained.adaptbench_info["merge_kept"]
+    if case == "small_peft":  # the smaller backbone it chose: the one the weights belong to
+        assert facts["small_backbone"] == facts["architecture"] == SMALL
+    else:
+        assert facts["architecture"] == BIG
+
+
+def test_a_lora_adapter_of_the_micro_b_is_a_few_tens_of_kb(tmp_path):
+    path = harness.save_adapter(adapted("lora"), tmp_path / "lora.adapter.safetensors", {"method": "lora"})
+    backbone_bytes = 4 * sum(p.numel() for p in harness.create_backbone(BIG, CLASSES).parameters())
+    assert 10_000 < path.stat().st_size < 100_000 and path.stat().st_size < backbone_bytes / 50
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lora") / "lora.adapter.safetensors"
+    return harness.save_adapter(adapted("lora"), path, {"method": "lora", "compression": "none", "backbone": BIG})
+
+
+@pytest.mark.parametrize("method, level, options, message", [
+    ("pyra", "high", {}, "the model trains blocks.0.modulator"),       # another method: more parameters
+    ("full_ft", "none", {}, "it holds parameter blocks.0.attn.qkv.lora_A.weight, which the model has not"),
+    ("lora", "none", {"rank": 8}, "parameter blocks.0.attn.qkv.lora_A.weight is (4, 96) in the file, (8, 96)"),
+    ("diffrate", "none", {}, "its restore hook is nothing and the model's DiffRate"),  # same parameters as lora
+    ("small_peft", "none", {}, f"it holds weights of {BIG} and the model is {SMALL}"),
+])
+def test_an_adapter_that_does_not_fit_is_one_line_naming_the_mismatch(lora_file, method, level, options, message):
+    with pytest.raises(harness.UserError) as error:
+        harness.load_adapter(adapted(method, level, **options), lora_file)
+    text = str(error.value)
+    assert "\n" not in text and message in text and "lora.adapter.safetensors" in text
+    assert f"harness.create_backbone('{BIG}', {CLASSES}, img_size=32), then harness.adapt(model, 'lora'" in text
+
+
+def test_a_file_that_is_no_adapter_is_one_line(tmp_path):
+    foreign = tmp_path / "weights.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    for path, message in ((foreign, "is not an adaptbench adapter"), (tmp_path / "missing.safetensors", "cannot read")):
+        with pytest.raises(harness.UserError, match=message) as error:
+            harness.load_adapter(adapted("lora"), path)
+        assert "\n" not in str(error.value)
+
+
+# The runner and the CLI: a run's adapter lies beside its record, only an ok run has one.
+
+def config() -> RunConfig:
+    return RunConfig("lora", "tiny_bright", SMALL, 0, "none", False, "cpu", TrainConfig(epochs=1))
+
+
+def test_a_failed_run_leaves_no_adapter_and_a_rerun_none_of_the_earlier_run(monkeypatch, loaded_plugin, tmp_path):
+    store, run = RunStore(tmp_path), config()
+    store.adapter_path(run).write_bytes(b"an earlier run's")
+    written = []
+
+    def pipeline(run_config, task, device, log, run_dir, adapter_path):
+        assert not store.adapter_path(run).exists(), "an earlier run's adapter is gone when the run starts"
+        written.append(adapter_path)
+        adapter_path.write_bytes(b"partial")
+        raise RuntimeError("broke after saving")
+
+    monkeypatch.setattr(runner, "train_and_measure", pipeline)
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    record = runner.execute(run, task, store, torch.device("cpu"), lambda line: None)
+    assert record["status"] == STATUS_FAILED and written == [store.adapter_path(run)]
+    assert not store.adapter_path(run).exists()
+    monkeypatch.setattr(runner, "train_and_measure", lambda *args: written.append(args[-1]) or {"x": 1})
+    assert runner.execute(run, task, store, torch.device("cpu"), lambda line: None, False)["status"] == STATUS_OK
+    assert written[-1] is None  # --no-save-adapters: the pipeline is given nowhere to save
+
+
+def test_the_isolated_child_is_told_not_to_save(monkeypatch, tmp_path):
+    command = runner.isolated_command(config(), RunStore(tmp_path), torch.device("cpu"), ["p.py"], None,
+                                      save_adapters=False)
+    child_args = command[command.index("harness.isolated") + 1:]
+    assert child_args[0] == "--no-save-adapters" and child_args[-1] == "p.py"
+    assert "--no-save-adapters" not in runner.isolated_command(config(), RunStore(tmp_path), torch.device("cpu"),
+                                                               [], None)
+    executed = []
+    monkeypatch.setattr(isolated, "load_tasks", lambda names, root, **options: {name: object() for name in names})
+    monkeypatch.setattr(isolated, "execute", lambda *args: executed.append(args) or {"status": STATUS_OK})
+    assert isolated.main(child_args[:-1]) == 0 and isolated.main(child_args[1:-1]) == 0
+    assert [args[-1] for args in executed] == [False, True]
+
+
+def cli_run(plugin_file, out, *extra: str):
+    result = CliRunner().invoke(main, ["--plugins", str(plugin_file), "--methods", "lora", "--tasks", "tiny",
+                                       "--bench-batch", "8", "--out", str(out), *extra], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (record_file,) = out.glob("*.json")
+    return json.loads(record_file.read_text()), record_file
+
+
+def test_the_cli_saves_the_adapter_beside_the_record_and_it_reloads(plugin_file, tmp_path):
+    record, record_file = cli_run(plugin_file, tmp_path / "runs")
+    adapter = record_file.with_name(f"{record_file.stem}.adapter.safetensors")
+    assert sorted(path.name for path in (tmp_path / "runs").glob("*.safetensors")) == [adapter.name]
+    assert record["metrics"]["adapter_file"] == adapter.name
+    assert record["metrics"]["adapter_mb"] == pytest.approx(adapter.stat().st_size / 2 ** 20)
+    facts = harness.read_adapter_facts(adapter)
+    assert facts["run_key"] == record["key"] and facts["task"] == "tiny_bright"
+    # Saved before LoRA was merged into qkv: a fresh LoRA model takes it.
+    model = harness.create_backbone(facts["backbone"], int(facts["num_classes"]), img_size=int(facts["img_size"]))
+    harness.load_adapter(harness.adapt(model, facts["method"], facts["compression"]), adapter)
+
+
+def test_no_save_adapters_writes_none(plugin_file, tmp_path):
+    record, _ = cli_run(plugin_file, tmp_path / "runs", "--no-save-adapters")
+    assert not list((tmp_path / "runs").glob("*.safetensors")) and "adapter_file" not in record["metrics"]

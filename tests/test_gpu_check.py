@@ -1,0 +1,152 @@
+"""benchmarks/gpu_check.py: the tiny CPU run writes every section to JSON and Markdown, and its projection and
+targets compute what they say from given figures."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import harness
+from harness.presets import tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its neighbour common.py, as scripts do
+import gpu_check  # noqa: E402
+
+CONFIGS = ("full_ft", "lora", "tome-low", "tome-high", "pyra-low", "pyra-high", "small_peft")
+VARIANTS = ("full", "tome-low", "tome-high", "pyra-low", "pyra-high")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("gpu_check")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    return done, out
+
+
+def test_tiny_run_exits_zero_and_writes_both_files(tiny_run) -> None:
+    done, out = tiny_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / "gpu_check.json").is_file() and (out / "gpu_check.md").is_file()
+    # a timestamped progress line per measurement, flushed as it goes; the Markdown printed at the end
+    assert re.search(r"^\d\d:\d\d:\d\d \[\s*\d+\.\d s\] training full_ft fp32: ", done.stdout, re.MULTILINE)
+    assert "## Targets" in done.stdout
+
+
+def test_tiny_run_measures_every_section(tiny_run) -> None:
+    _, out = tiny_run
+    results = json.loads((out / "gpu_check.json").read_text())
+    assert results["complete"] and not results["errors"] and not results["skipped"]
+    assert results["environment"]["torch"] and results["environment"]["timm"] and results["settings"]["tiny"]
+    assert results["data"]["train_images"] == 16 and results["data"]["decode_seconds_cold"] > 0
+
+    cells = {(row["config"], row["precision"]): row for row in results["training"]}
+    assert set(cells) == {(config, precision) for config in CONFIGS for precision in ("fp32", "bf16")}
+    for row in cells.values():
+        assert row["train_img_per_s"] > 0 and row["bare_img_per_s"] > 0 and row["harness_vs_bare"] > 0
+        assert 0 < row["input_share"] < 1 and row["epoch_s"] > 0 and row["eval_s"] > 0 and row["peak_mem_mb"] > 0
+    assert cells[("small_peft", "fp32")]["backbone"] == "vit_micro_small_patch4_32"
+
+    for precision in ("fp32", "bf16"):
+        rows = {row["variant"]: row for row in results["inference"][precision]}
+        assert set(rows) == set(VARIANTS)
+        assert rows["full"]["speedup"] == pytest.approx(1.0) and rows["full"]["gmacs_ratio"] == pytest.approx(1.0)
+        assert rows["tome-high"]["gmacs_ratio"] > 3 and rows["pyra-high"]["speedup"] > 0
+
+    repeat = results["repeatability"]
+    assert len(repeat["medians"]) == 5 and repeat["spread"] >= 0 and repeat["cv"] >= 0
+
+    projection = results["projection"]
+    assert len(projection["configs"]) == 9 and projection["tasks"] == 19
+    for precision in ("fp32", "bf16"):
+        part = projection[precision]
+        assert not part["missing"] and len(part["rows"]) == 9 and part["total_h"] > 0
+        assert part["total_h"] == pytest.approx(sum(part[key] for key in (
+            "train_h", "eval_h", "measure_h", "diffrate_search_h", "small_peft_match_h", "decode_h")))
+
+    assert len(results["targets"]) == 8
+    assert all(target["passed"] in (True, False) for target in results["targets"])  # every one measured
+
+
+def test_tiny_markdown_has_every_table(tiny_run) -> None:
+    _, out = tiny_run
+    text = (out / "gpu_check.md").read_text()
+    for heading in ("## Targets", "## Training", "## Inference", "## Repeatability", "## Projection", "## Data"):
+        assert heading in text
+    assert "Tiny smoke run" in text and "| small_peft-high" in text and "total GPU-h" in text
+    assert re.search(r"\| (pass|FAIL) +\|", text)
+
+
+def test_vtab_test_sizes_name_every_vtab_task() -> None:
+    with open(REPO / "tasks" / "vtab.toml", "rb") as handle:
+        assert set(gpu_check.VTAB_TEST_SIZES) == set(tomllib.load(handle))
+
+
+def _figures(epoch_s: float = 1.0, step_ms: float = 31.25, eval_rate: float = 1000.0) -> dict:
+    """Results as the check records them, every cell alike."""
+    training = [{"config": config, "precision": precision, "epoch_s": epoch_s, "step_ms": step_ms,
+                 "eval_img_per_s": eval_rate, "train_img_per_s": 1000 / epoch_s, "input_share": 0.01,
+                 "harness_vs_bare": 0.99} for config in CONFIGS for precision in ("fp32", "bf16")]
+    inference = {precision: [{"variant": variant, "img_per_s": 1000.0, "batch": 256, "speedup": 1.0,
+                              "gmacs_ratio": 1.0} for variant in VARIANTS] for precision in ("fp32", "bf16")}
+    return {"training": training, "inference": inference,
+            "data": {"train_images": 1000, "decode_img_per_s": 1000.0}}
+
+
+def test_projection_adds_up_the_preset() -> None:
+    harness.load_plugins()
+    projection = gpu_check.project(_figures())
+    tests = sum(gpu_check.VTAB_TEST_SIZES.values())
+    runs = 9 * 19
+    train = runs * (100 * 1.0 + 2 * 0.03125)  # 100 epochs of 1 s, plus the memory probe and the first step
+    evaluation = 9 * 10 * tests / 1000.0  # 10 evaluations of every test split per config
+    measure = runs * 20.0  # the pyra timing preset: 10 s warm-up + 10 s timed, at batch 512 (0.5 s a batch)
+    search = 2 * 19 * 60 * (4 / 3) * 0.03125  # diffrate at 2 levels: 60 steps at 4/3 of LoRA's fp32 step
+    match = 2 * 19 * 2 * 20.0  # small_peft at 2 levels: tome and one smaller candidate timed by the preset
+    decode = (19 * 1000 + tests) / 1000.0
+    part = projection["bf16"]
+    assert part["train_h"] * 3600 == pytest.approx(train)
+    assert part["eval_h"] * 3600 == pytest.approx(evaluation)
+    assert part["measure_h"] * 3600 == pytest.approx(measure)
+    assert part["diffrate_search_h"] * 3600 == pytest.approx(search)
+    assert part["small_peft_match_h"] * 3600 == pytest.approx(match)
+    assert part["decode_h"] * 3600 == pytest.approx(decode)
+    assert part["total_h"] * 3600 == pytest.approx(train + evaluation + measure + search + match + decode)
+    assert {row["config"]: row["from"] for row in part["rows"]}["diffrate-high"] == "tome-high bf16"
+
+
+def test_projection_without_a_cell_is_partial() -> None:
+    harness.load_plugins()
+    figures = _figures()
+    figures["training"] = [row for row in figures["training"] if row["config"] != "small_peft"]
+    part = gpu_check.project(figures)["fp32"]
+    assert part["total_h"] is None and part["missing"] == ["small_peft-low", "small_peft-high"]
+    assert part["partial_total_h"] > 0
+
+
+def test_targets_pass_and_fail_at_their_bounds() -> None:
+    harness.load_plugins()
+    figures = _figures()
+    figures["training"][0].update(input_share=0.05, harness_vs_bare=0.95)  # at the bounds: pass
+    high = next(row for row in figures["inference"]["fp32"] if row["variant"] == "tome-high")
+    high.update(speedup=2.99, gmacs_ratio=3.46)
+    figures["repeatability"] = {"medians": [100.0, 101.0, 102.0, 100.5, 101.5], "spread": 0.0198, "cv": 0.007}
+    figures["projection"] = gpu_check.project(figures)
+    results = {row["target"]: row for row in gpu_check.targets(figures)}
+    assert results["input pipeline share of the training step"]["passed"] is True
+    assert results["harness training loop vs bare PyTorch loop (img/s ratio)"]["passed"] is True
+    assert results["speed-up at high compression, tome-high, fp32"]["passed"] is False
+    assert "2.99x (GMACs ratio 3.46x" in results["speed-up at high compression, tome-high, fp32"]["measured"]
+    assert results["speed-up at high compression, pyra-high, fp32"]["passed"] is False  # 1.0x in these figures
+    repeat = next(row for name, row in results.items() if name.startswith("5 measurements"))
+    assert repeat["passed"] is True
+    table = next(row for name, row in results.items() if name.startswith("ViT-B/16 table"))
+    hours = figures["projection"]["bf16"]["total_h"]
+    assert table["passed"] is (hours <= 4.0) and math.isfinite(hours) and "fp32 training:" in table["measured"]

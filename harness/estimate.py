@@ -22,13 +22,14 @@ from .adapt import adapt
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import Normalize, TaskData
-from .measure import MeasureConfig, device_synchronizer
+from .measure import MeasureConfig, autocast, device_synchronizer
 from .train import Trainer, build_optimizer
 
 TIMED_STEPS = 3
-# On a CPU a step's time grows with its batch almost linearly, so the estimate times small batches and scales
-# them (a ViT-B/16 step of 32 takes tens of seconds there); a GPU is timed at the run's own batch.
-CPU_TIMING_BATCH = 4
+# On a CPU a step's time grows with its batch almost linearly (a fixed cost plus a cost per image), so the
+# estimate times two small batches and extends the line through them (a ViT-B/16 step of 32 takes tens of
+# seconds there); a GPU is timed at the run's own batch.
+CPU_TIMING_BATCHES = (4, 8)
 # How the estimate times the throughput match of a method that asks for the run's timing settings: briefly.
 QUICK_TIMING = MeasureConfig(warmup_iters=1, warmup_seconds=0.0, repeats=2, iters_per_repeat=1)
 
@@ -55,29 +56,44 @@ def _timed(fn, synchronize) -> float:
     return time.perf_counter() - started
 
 
+def _batch(size: int, count: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8),
+            torch.randint(0, max(1, num_classes), (count,)))
+
+
 def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Timing:
     """Adapt a random-init model as ``config`` says and time its steps on random images."""
     synchronize = device_synchronizer(device)
     size, batch = config.data.img_size, config.train.batch_size
-    timed_batch = batch if device.type == "cuda" else min(batch, CPU_TIMING_BATCH)
-    images = torch.randint(0, 256, (timed_batch, 3, size, size), dtype=torch.uint8)
-    labels = torch.randint(0, max(1, num_classes), (timed_batch,))
+    counts = sorted({min(batch, count) for count in CPU_TIMING_BATCHES}) if device.type != "cuda" else [batch]
+    batches = [_batch(size, count, num_classes) for count in counts]
     normalize = Normalize(config.data.mean, config.data.std, device)
-    context = {"train_data": [normalize(images)], "measure": QUICK_TIMING}
+    context = {"train_data": [normalize(batches[0][0])], "measure": QUICK_TIMING}
     spec = registry.get_method(config.method)
     model = create_backbone(config.backbone, num_classes, pretrained=False, img_size=size).to(device)
     started = time.perf_counter()
     model = adapt(model, config.method, config.compression, **{name: context[name] for name in spec.context})
     model = model.to(device)
     adapt_seconds = time.perf_counter() - started
-    trainer = Trainer(model, build_optimizer(model, config.train), normalize)
-    trainer.train_step(images, labels)  # warm-up
-    step = min(_timed(lambda: trainer.train_step(images, labels), synchronize) for _ in range(TIMED_STEPS))
+    trainer = Trainer(model, build_optimizer(model, config.train), normalize, precision=config.train.precision)
+    steps = []
+    for images, labels in batches:
+        trainer.train_step(images, labels)  # warm-up
+        steps.append(min(_timed(lambda: trainer.train_step(images, labels), synchronize) for _ in range(TIMED_STEPS)))
+    images = batches[-1][0]
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, config.train.precision):
         model(normalize(images))
         infer = min(_timed(lambda: model(normalize(images)), synchronize) for _ in range(TIMED_STEPS))
-    return Timing(adapt_seconds, step * batch / timed_batch, infer / timed_batch)
+    return Timing(adapt_seconds, _extend(counts, steps, batch), infer / counts[-1])
+
+
+def _extend(counts: list[int], seconds: list[float], batch: int) -> float:
+    """Seconds of a step of ``batch`` on the line through the timed (count, seconds) points (one point: scaled)."""
+    if len(counts) == 1:
+        return seconds[0] * batch / counts[0]
+    per_image = max(0.0, (seconds[1] - seconds[0]) / (counts[1] - counts[0]))
+    return max(seconds[1], seconds[1] + per_image * (batch - counts[1]))
 
 
 def _evaluations(config: RunConfig) -> int:

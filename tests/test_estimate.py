@@ -64,3 +64,9 @@ def test_the_dry_run_prints_the_estimate_and_the_run_compares_it_with_the_truth(
     assert dry.exit_code == 0 and "Estimated wall time on cpu:" in dry.output and " s  -> " in dry.output
     result = CliRunner().invoke(main, common)
     assert result.exit_code == 0 and "estimated" in result.output.splitlines()[-1]
+
+
+def test_cpu_steps_are_extended_along_the_line_through_two_small_batches():
+    assert estimates._extend([4, 8], [1.0, 1.4], 32) == pytest.approx(1.4 + 0.1 * 24)
+    assert estimates._extend([4, 8], [1.0, 0.9], 32) == pytest.approx(0.9)  # noise never makes a batch cheaper
+    assert estimates._extend([32], [2.0], 32) == 2.0

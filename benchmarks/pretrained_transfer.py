@@ -16,6 +16,7 @@ import pandas as pd
 
 from harness import registry
 from harness.plan import load_tasks, plan_runs
+from harness.progress import SweepProgress
 from harness.results import flatten
 from harness.runner import inline_executor, run_all
 from harness.store import STATUS_OK, RunStore
@@ -39,7 +40,8 @@ def main() -> None:
                                        device=device, train_overrides={"epochs": args.epochs})]
     log = functools.partial(print, flush=True)
     store = RunStore(args.out)
-    records = run_all(configs, store, inline_executor(tasks, store, device, log), log=log)
+    records = run_all(configs, store, inline_executor(tasks, store, device, log),
+                      progress=SweepProgress(configs, log=log, bar=False))
     frame = pd.DataFrame([flatten(record) for record in records if record["status"] == STATUS_OK])
     table = frame.pivot_table(index=["method", "task"], columns="pretrained", values="test_acc_best", aggfunc="mean")
     table = table.rename(columns={True: "pretrained", False: "random init"})

@@ -24,8 +24,9 @@ from .data import TaskData
 from .estimate import describe, estimate
 from .plan import NORMALIZATIONS, default_compression, describe_plan, load_tasks, plan_runs, resolve_device
 from .results import summary_table
-from .runner import inline_executor, isolated_executor, run_all
-from .store import STATUS_OK, RunStore
+from .progress import SweepProgress
+from .runner import LocalExecutor, RunOptions, inline_executor, run_all, triage, worker_job
+from .store import STATUS_OK, STATUS_RUNNING, RunStore
 from .train import SELECTIONS
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ RUN_EPILOG = """\b
 Other commands:
   report [RUNS]...  leaderboard, Pareto plots and the Adverse Compression test of finished runs
                     (python run.py report --help)
+  status [RUNS]...  what the runs of a folder are doing: done, running, queued, failed (python run.py status --help)
   migrate RUNS...   upgrade run files written by an older adaptbench (python run.py migrate --help)"""
 
 
@@ -214,9 +216,37 @@ DEFAULTS = presets.load("defaults")
               help="Folder for the per-run JSON files and results.csv.")
 @click.option("--plugins", multiple=True,
               help="Plugin .py file or module to load (repeatable or comma-separated).")
-@click.option("--isolate", is_flag=True,
-              help="Run each config in its own process, so allocator or compile state from one run cannot change "
-                   "another's figures.")
+@click.option("--executor", type=click.Choice(["inline", "local", "slurm"]), default="inline", show_default=True,
+              help="Where runs execute: inline (this process, one after another), local (--jobs worker processes, "
+                   "one run each; one GPU per worker on a GPU machine, the CPU threads split between them on a CPU "
+                   "one) or slurm (one job array through submitit, see the --slurm-* options).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--executor local: runs at once.")
+@click.option("--isolate", is_flag=True, help="Same as --executor local --jobs 1: each run in a fresh process.")
+@click.option("--slurm-partition", default=None, help="--executor slurm: the partition.")
+@click.option("--slurm-time", default="4:00:00", show_default=True,
+              help="--executor slurm: each run's time limit, MINUTES or H:MM[:SS]; at the limit the job is requeued "
+                   "and goes on from its last checkpoint (--checkpoint-every).")
+@click.option("--slurm-gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True,
+              help="--executor slurm: GPUs per run.")
+@click.option("--slurm-cpus-per-job", type=click.IntRange(min=1), default=None, help="--executor slurm: CPUs per run.")
+@click.option("--slurm-array-parallelism", type=click.IntRange(min=1), default=64, show_default=True,
+              help="--executor slurm: array tasks running at once.")
+@click.option("--slurm-account", default=None, help="--executor slurm: the account to charge.")
+@click.option("--slurm-opt", multiple=True, metavar="KEY=VALUE",
+              help="--executor slurm: any other sbatch option, e.g. constraint=h100 (repeatable).")
+@click.option("--slurm-cluster", type=click.Choice(["slurm", "local", "debug"]), default="slurm", hidden=True,
+              help="submitit's executor: local and debug run the jobs on this machine (tests).")
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="--executor slurm: wait for the array to finish, then summarise; else return once submitted.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Save each run's training state every N epochs (0: never); a run started again goes on from its "
+                   "last checkpoint and ends as an uninterrupted one would.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a run may take; a run that takes longer is recorded as failed and the sweep goes on.")
+@click.option("--rerun-failed", is_flag=True,
+              help="Run again the runs that failed (by default a sweep run again skips them, except those cut "
+                   "short: died, interrupted, or whose data could not be read).")
 @click.option("--force", is_flag=True, help="Rerun configs that already have a finished result file.")
 @click.option("--list", "list_only", is_flag=True, help="List methods, tasks, task groups and backbones, then exit.")
 @click.option("--dry-run", is_flag=True, help="Print the run plan, with each run's estimated time, without running it.")
@@ -275,8 +305,12 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
           bench_batch: tuple[int, ...] | None, bench_preset: str, amp: str | None, compile_model: bool,
           flops_breakdown: bool, profile: bool, max_spread: float, refuse_noisy: bool, threads: int | None,
           device: str, pretrained: bool | None, weights: Path | None, data_root: Path | None, img_size: int | None,
-          normalization: str, check_images: bool, out: Path, plugins: tuple[str, ...], isolate: bool, force: bool,
-          list_only: bool, dry_run: bool, no_estimate: bool, train_defaults: dict, list_presets: bool) -> int:
+          normalization: str, check_images: bool, out: Path, plugins: tuple[str, ...], executor: str, jobs: int,
+          isolate: bool, slurm_partition: str | None, slurm_time: str, slurm_gpus_per_job: int,
+          slurm_cpus_per_job: int | None, slurm_array_parallelism: int, slurm_account: str | None,
+          slurm_opt: tuple[str, ...], slurm_cluster: str, wait: bool, checkpoint_every: int, timeout: float | None,
+          rerun_failed: bool, force: bool, list_only: bool, dry_run: bool, no_estimate: bool, train_defaults: dict,
+          list_presets: bool) -> int:
     plugin_sources = [source for value in plugins for source in _split(value)]
     registry.load_plugins(plugin_sources)
     if list_only or list_presets:
@@ -288,9 +322,21 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     task_names = registry.expand_tasks(_split(tasks))
     if not method_names or not task_names:
         raise UserError("--methods and --tasks need at least one name each; see --list")
-    resolved_device = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
+    # Slurm runs happen on nodes with --slurm-gpus-per-job GPUs, whatever the submitting machine has.
+    on_nodes = executor == "slurm" and slurm_cluster == "slurm"
+    resolved_device = resolve_device(device, cuda=slurm_gpus_per_job > 0 if on_nodes else None)
+    if isolate:
+        executor, jobs = "local", 1
+    if jobs > 1 and executor != "local":
+        raise UserError(f"--jobs {jobs} runs worker processes, which --executor {executor} does not; add --executor "
+                        f"local")
+    slurm = _slurm_settings(slurm_partition, slurm_time, slurm_gpus_per_job, slurm_cpus_per_job,
+                            slurm_array_parallelism, slurm_account, slurm_opt, slurm_cluster) \
+        if executor == "slurm" else None
+    # Each worker gets its share of the cores; recorded in every config (threads change the figures).
+    run_threads = threads or (max(1, (os.cpu_count() or 1) // jobs) if executor == "local" and jobs > 1 else 0)
+    if run_threads:
+        torch.set_num_threads(run_threads)
     measure = MeasureConfig.preset(bench_preset, batches=bench_batch, precision=amp, compile=compile_model or None,
                                    flops_breakdown=flops_breakdown or None, profile=profile or None,
                                    max_spread=max_spread, refuse_noisy=refuse_noisy or None)
@@ -307,37 +353,141 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     configs = plan_runs(method_names, task_data, seeds=seeds, compressions=levels,
                         backbone=backbone, pretrained=pretrained, device=resolved_device,
                         train_overrides=overrides, measure=measure, img_size=img_size,
-                        normalization=normalization, weights=weights)
+                        normalization=normalization, weights=weights, threads=run_threads)
     store = RunStore(out)
     todo = [config for config in configs if force or dry_run or store.finished(config) is None]
-    expected = {} if no_estimate else estimate(todo, task_data, resolved_device)
-    guess = f"estimated {describe(sum(expected.values()))}" if expected else "not estimated"
+    timeable = resolved_device.type != "cuda" or torch.cuda.is_available()
+    expected = {} if no_estimate or not timeable else estimate(todo, task_data, resolved_device)
+    guess = f"estimated {describe(sum(expected.values()))}" if expected else \
+        "not estimated" if timeable else "not estimated (no GPU here to time)"
     if dry_run:
-        click.echo("\n".join(describe_plan(configs, expected)))
-        if expected:
-            click.echo(f"Estimated wall time on {resolved_device}: {describe(sum(expected.values()))} for "
-                       f"{len(configs)} run(s), from a few timed steps of each distinct model (decoding and warm-up "
-                       f"not included)")
+        _print_plan(configs, store, expected, resolved_device)
+        if slurm is not None:
+            from .slurm import sbatch_script
+
+            click.echo(f"\nThe sbatch script submitit would submit for the {len(todo)} run(s) not done (one "
+                       f"array task each):\n\n" + sbatch_script(slurm, store, len(todo)))
         return 0
-    click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s), "
-               f"{guess} for the {len(todo)} not yet done; results -> {out}/")
+    options = RunOptions(save_adapters=not no_save_adapters, checkpoint_every=checkpoint_every, timeout=timeout,
+                         rerun="all" if force else "failed" if rerun_failed else "missing")
+    plugin_paths = [str(Path(source).resolve()) if source.endswith(".py") else source for source in plugin_sources]
+    parallel = jobs if executor == "local" else 1
+    progress = SweepProgress(configs, expected, parallel, log=click.echo)
+    click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s) "
+               f"({executor} executor{f', {jobs} jobs' if parallel > 1 else ''}), {guess} for the {len(todo)} not "
+               f"yet done; results -> {out}/")
     running = time.perf_counter()
-    if isolate:
-        plugin_paths = [str(Path(source).resolve()) if source.endswith(".py") else source for source in plugin_sources]
-        executor = isolated_executor(task_data, store, resolved_device, plugin_paths, data_root, threads,
-                                     save_adapters=not no_save_adapters)
+    if slurm is not None:
+        records = _run_on_slurm(configs, task_data, store, resolved_device, plugin_paths, data_root, options, slurm,
+                                progress, wait)
+        if records is None:
+            return 0
     else:
-        executor = inline_executor(task_data, store, resolved_device, click.echo, save_adapters=not no_save_adapters)
-    records = run_all(configs, store, executor, force=force, log=click.echo)
+        run = LocalExecutor(jobs, task_data, store, resolved_device, plugin_paths, data_root, options) \
+            if executor == "local" else inline_executor(task_data, store, resolved_device, progress.log, options,
+                                                        progress)
+        records = run_all(configs, store, run, rerun=options.rerun, parallel=parallel, progress=progress)
     took = time.perf_counter() - running
     csv_path = store.write_csv()
     click.echo("\n" + summary_table(records) + "\n")
     failed = [record for record in records if record["status"] != STATUS_OK]
     for record in failed:
-        click.echo(f"FAILED {RunConfig.from_dict(record['config']).label}: {record.get('reason')}")
+        click.echo(f"FAILED {RunConfig.from_dict(record['config']).label} ({record.get('failure', 'error')}): "
+                   f"{record.get('reason')}")
     click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed in {time.perf_counter() - started:.0f}s "
                f"(runs: {describe(took)}, {guess}). "
                f"Per-run files: {out}/*.json; all runs: {csv_path}")
+    return 1 if failed else 0
+
+
+def _slurm_settings(partition: str | None, time_limit: str, gpus: int, cpus: int | None, parallelism: int,
+                    account: str | None, extra: tuple[str, ...], cluster: str):
+    from .slurm import SlurmSettings, parse_options, parse_time
+
+    return SlurmSettings(partition, parse_time(time_limit), gpus, cpus, parallelism, account, parse_options(extra),
+                         cluster)
+
+
+def _print_plan(configs: list[RunConfig], store: RunStore, expected: dict[str, float], device: torch.device) -> None:
+    """The plan, each run with its estimate and its state in the output folder."""
+    from .status import plan_states, tally
+
+    states = plan_states(configs, store)
+    click.echo("\n".join(describe_plan(configs, expected, states)))
+    click.echo(f"In {store.folder}/: {tally([state for state, _ in states.values()])}")
+    if expected:
+        click.echo(f"Estimated wall time on {device}: {describe(sum(expected.values()))} for {len(configs)} run(s), "
+                   f"from a few timed steps of each distinct model (decoding and warm-up not included)")
+
+
+def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], store: RunStore, device: torch.device,
+                  plugins: list[str], data_root: Path | None, options: RunOptions, settings, progress: SweepProgress,
+                  wait: bool) -> list[dict] | None:
+    """Submit what is to run as one array; with ``wait``, every config's record once the array has ended (a job
+    that ended without finishing its run is recorded as died), else None once submitted."""
+    from . import slurm
+    from .runner import execute
+
+    records, todo = triage(configs, store, progress, options.rerun)
+    for config in [config for config in todo if task_data[config.task].problem is not None]:
+        records[config.key] = execute(config, task_data[config.task], store, device, lambda line: None, options)
+        todo.remove(config)
+    busy = {config.key for config in todo if store.claims.owner(config.file_stem) is not None
+            or slurm.queued(store, config.file_stem, settings.cluster) is not None}
+    todo = [config for config in todo if config.key not in busy]
+    if todo:
+        jobs = [worker_job(config, store, "cuda" if device.type == "cuda" else "cpu", data_root, plugins, options,
+                           {"name": "slurm"}) for config in todo]
+        handles = slurm.submit(jobs, todo, settings, store)
+        click.echo(f"Submitted {len(todo)} run(s) to Slurm ({settings.cluster}) as job(s) "
+                   f"{handles[0].job_id.split('_')[0]}; logs in {slurm.logs_folder(store)}/"
+                   + (f"; {len(busy)} already running or queued" if busy else ""))
+    else:
+        handles = []
+        click.echo(f"Nothing to submit: {len(busy)} run(s) running or queued, the others done")
+    if not wait:
+        click.echo(f"Follow them with: python run.py status {store.folder}  (the same command again submits "
+                   f"only what is not done, running or queued)")
+        return None
+    slurm.wait(handles)
+    for config, handle in zip(todo, handles):
+        record = store.read(config)
+        if record is None or record["status"] == STATUS_RUNNING:
+            records[config.key] = {**(record or {"key": config.key, "config": config.to_dict()}),
+                                   "status": "failed", "failure": "died",
+                                   "reason": f"Slurm job {handle.job_id} ended without finishing the run; see "
+                                             f"{handle.paths.stderr}"}
+            store.write(config, records[config.key])
+        else:
+            records[config.key] = record
+    return [records.get(config.key) or store.read(config) for config in configs]
+
+
+@main.command("status", context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
+def status(**options: object) -> None:
+    """What the runs in RUNS (folders; default: runs) are doing: done, running (host, pid, job id, log),
+    queued on Slurm, failed (kind and reason). A run whose process died is marked failed (died) here, and a
+    sweep run again runs it again. For one plan's missing runs, add --dry-run to the sweep's command line.
+
+    Exit code: 0 nothing failed, 1 some run failed, 2 bad input.
+    """
+    _exit_with(lambda: _status(**options))
+
+
+def _status(runs: tuple[Path, ...]) -> int:
+    from .status import folder_states, tally
+
+    failed = False
+    for folder in runs or (Path("runs"),):
+        if not folder.is_dir():
+            raise UserError(f"no run folder {folder}; pass the --out folder of a sweep")
+        rows = folder_states(folder)
+        click.echo(f"{folder}/: {tally([state for _, state, _ in rows]) or 'no runs'}")
+        for label, state, detail in rows:
+            if state != "done":
+                click.echo(f"  {state:<8} {label}" + (f": {detail}" if detail else ""))
+        failed = failed or any(state == "failed" for _, state, _ in rows)
     return 1 if failed else 0
 
 
@@ -406,9 +556,14 @@ def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], 
     frame, skipped = analysis.load_runs(folders, accuracy)
     for item in skipped:
         click.echo(f"skipped {item}")
+    where = ", ".join(map(str, folders))
     if frame.empty:
-        raise UserError(f"no finished runs to report in {', '.join(map(str, folders))}"
+        raise UserError(f"no finished runs to report in {where}"
                         + (f" ({len(skipped)} skipped, listed above)" if skipped else ""))
+    # Bad --compare or --baseline input is refused before any file is written, not after a half-written report.
+    analysis.check_compare(frame, comparisons, where)
+    if baseline is not None:
+        analysis.read_baseline(baseline)
     out = out or folders[0] / "report"
     _check_writable(out)
     root = click.get_current_context().find_root()

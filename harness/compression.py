@@ -1,4 +1,4 @@
-"""Compression levels for token-reducing methods: ``none | low | high | r1,r2,... | <N>x``.
+"""Compression levels for token-reducing methods: ``none | low | high | [r1,r2,...] | <N>x``.
 
 ``low`` and ``high`` are the PYRA code's per-block merge schedules for ViT-B/16, ViT-L/16 and DeiT-B distilled.
 For any other backbone (e.g. the micro ViTs) they are derived to give the same GMACs reductions as ViT-B/16's
@@ -134,9 +134,16 @@ def resolve_schedule(model: VisionTransformer, compression: object) -> list[int]
     elif isinstance(compression, str) and re.fullmatch(r"\[?\s*\d+(\s*,\s*\d+)*\s*\]?", compression):
         schedule = [int(r) for r in re.findall(r"\d+", compression)]
     else:
-        raise UserError(f"unknown compression '{compression}'; use none, {', '.join(named_levels())}, a per-block "
-                        f"list such as '[16,16,...]' (one r per block) or a factor such as 2.5x")
+        raise UserError(f"unknown compression '{compression}'; use none, {', '.join(named_levels())}, a factor "
+                        f"such as 2.5x or a per-block list such as {_list_example(depth, 8)}")
     if len(schedule) != depth:
+        example = _list_example(depth, schedule[0] if schedule else 8)
         raise UserError(f"compression list has {len(schedule)} entries but the backbone has {depth} blocks; "
-                        f"give one r per block")
+                        f"give one r per block, in brackets, such as {example}")
     return schedule
+
+
+def _list_example(depth: int, r: int) -> str:
+    """A per-block list of ``depth`` entries, quoted as ``--compression`` takes it whole: bracketed, because
+    commas outside brackets separate levels (``16,16`` is two levels of one entry each)."""
+    return f"'[{','.join([str(r)] * depth)}]'"

@@ -47,6 +47,7 @@ class RunConfig:
     data: DataConfig = DataConfig()
     weights: str = ""  # a local weights file given with --weights; "" when timm's (or the shipped) ones load
     weights_sha256: str = ""  # of that file: the same path holding other weights is another run
+    threads: int = 0  # torch's CPU threads (0: torch's choice): they change the loss in its last digits and the speed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,7 +6,22 @@ class UserError(Exception):
 
 
 class RunFailed(Exception):
-    """A single run cannot go on (e.g. the loss became NaN). The runner records it as failed and goes on."""
+    """A single run cannot go on. The runner records it as failed, with ``failure`` (its kind, a column of the
+    row: see :data:`harness.store.FAILURES`) and the message as its reason, and goes on."""
+
+    failure = "error"
+
+
+class NonFiniteLoss(RunFailed):
+    """The training loss became NaN or infinite."""
+
+    failure = "nan"
+
+
+class RunTimeout(RunFailed):
+    """The run took longer than its ``--timeout``."""
+
+    failure = "timeout"
 
 
 class BadOption(UserError):

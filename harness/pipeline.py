@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -18,6 +19,7 @@ import torch
 from . import registry
 from .adapt import adapt, merge_for_inference
 from .adapters import save_run_adapter
+from .checkpoint import Checkpointer
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import Normalize, TaskData, make_loader
@@ -78,7 +80,8 @@ def profile_steps(step: Callable[[], object], device: torch.device, folder: Path
 
 
 class ScalarWriter:
-    """Each epoch's loss, learning rate and test accuracy as TensorBoard scalars (nothing without a folder)."""
+    """Each epoch's loss, learning rate and test accuracy as TensorBoard scalars (nothing without a folder), in a
+    folder emptied when the writer is made."""
 
     TAGS = (("loss", "train/loss"), ("lr", "train/lr"), ("val_acc", "val/acc"), ("test_acc", "test/acc"))
 
@@ -87,6 +90,8 @@ class ScalarWriter:
         if run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard loads slowly
 
+            # Afresh each time the run starts: a rerun's or resumed run's curve is one curve, not two event files.
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def __call__(self, entry: dict) -> None:
@@ -119,10 +124,15 @@ def _under_backend_flags(run: Callable[..., dict]) -> Callable[..., dict]:
 
 @_under_backend_flags
 def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, log: Log,
-                      run_dir: Path | None = None, adapter_path: Path | None = None) -> dict:
+                      run_dir: Path | None = None, adapter_path: Path | None = None, *,
+                      checkpoint: Checkpointer | None = None, tick: Callable[[], None] | None = None,
+                      on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Everything one run does between its config and its metrics; ``run_dir`` receives its TensorBoard
     scalars and, with ``--profile``, its profiler traces; ``adapter_path`` (None: not saved) its trained
-    adapter (:mod:`harness.adapters`), written after training and before LoRA is merged away."""
+    adapter (:mod:`harness.adapters`), written after training and before LoRA is merged away.
+
+    ``checkpoint`` saves and resumes training (:func:`harness.train.fit`); ``tick`` is called after every training
+    step and before measuring (a deadline raises there); ``on_epoch`` receives each epoch's curve entry."""
     seed_everything(config.seed)
     # Decoded here, before anything trains; only the splits this run reads.
     task = task.at_size(config.data.img_size, config.data.interpolation, config.train.selection)
@@ -152,9 +162,13 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     seed_everything(config.seed)
     writer = ScalarWriter(run_dir)
     try:
-        result = fit(trainer, train_loader, test_loader, config.train, log, on_epoch=writer, val_loader=val_loader)
+        result = fit(trainer, train_loader, test_loader, config.train, log, val_loader=val_loader,
+                     on_epoch=writer if on_epoch is None else (lambda entry: (writer(entry), on_epoch(entry))),
+                     checkpoint=checkpoint, tick=tick)
     finally:
         writer.close()
+    if tick is not None:
+        tick()
 
     adapter = {} if adapter_path is None else save_run_adapter(model, adapter_path, config)
     merge_for_inference(model).eval()

@@ -30,14 +30,17 @@ def default_compression() -> tuple[str, ...]:
     return tuple(presets.load("defaults")["compression"])
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, cuda: bool | None = None) -> torch.device:
+    """The device ``--device`` names, where ``cuda`` says whether the machine that runs it has CUDA (default:
+    this one; for Slurm jobs, whether they get GPUs)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"invalid --device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not cuda:
         raise UserError(f"--device {name} asked for, but no CUDA device is available; use --device cpu or auto")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"unsupported --device '{name}'; use auto, cpu, cuda or cuda:N")
@@ -98,13 +101,14 @@ def data_config(task: TaskData, backbone: str, img_size: int | None, normalizati
 def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequence[int],
               compressions: Sequence[str] | None, backbone: str | None, pretrained: bool | None, device: torch.device,
               train_overrides: dict, measure: MeasureConfig = MeasureConfig(), img_size: int | None = None,
-              normalization: str = "backbone", weights: Path | None = None) -> list[RunConfig]:
+              normalization: str = "backbone", weights: Path | None = None, threads: int = 0) -> list[RunConfig]:
     """The cross product methods x compressions x tasks x seeds, each with every setting resolved.
 
     ``compressions=None`` runs compressing methods at :func:`default_compression`. Every (method, level,
     backbone) is adapted once on a meta-device model first, so a bad level or option stops the plan early.
     The config keeps the device's type (a run on ``cuda:1`` is the same experiment as on ``cuda:0``); the
-    device itself, index included, goes to the executor and into the record's environment.
+    device itself, index included, goes to the executor and into the record's environment. ``threads`` (0:
+    torch's choice) is each run's number of CPU threads.
     """
     specs = [registry.get_method(method) for method in methods]
     if compressions is not None and list(compressions) != [NONE] and not any(spec.compresses for spec in specs):
@@ -131,7 +135,8 @@ def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequ
                     _check_adapts(spec.name, level, task_backbone, data.img_size, task.num_classes)
                 for seed in seeds:
                     configs.append(RunConfig(spec.name, task_name, task_backbone, seed, level, use_pretrained,
-                                             device.type, train, measure, data, **weights_fields))
+                                             device.type, train, measure, data, **weights_fields,
+                                             threads=threads))
     return configs
 
 
@@ -153,19 +158,40 @@ def _sha256(path: Path) -> str:
 
 
 def _check_adapts(method: str, compression: str, backbone: str, img_size: int, num_classes: int) -> None:
-    """Adapt a weightless (meta-device) model: bad compression levels or options fail before any run."""
+    """Adapt a weightless (meta-device) model: bad compression levels or options fail before any run.
+
+    A method's own :class:`UserError` is its message for bad input and passes as it is; anything else it raises
+    is a bug in the method, stopped here as bad input naming the file that registered it, before any run.
+    """
     with torch.device("meta"):
         model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, img_size=img_size)
-        adapt(model, method, compression)
+        try:
+            adapt(model, method, compression)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"method '{method}' (plugin {registry.get_method(method).source}) failed while adapting "
+                            f"{backbone} at level {compression}: {_one_line(exc)}; fix the plugin or drop it from "
+                            f"--methods") from exc
 
 
-def describe_plan(configs: Sequence[RunConfig], seconds: dict[str, float] | None = None) -> list[str]:
-    """One line per run; with ``seconds`` (estimates by config key), each run's estimate too."""
+def _one_line(exc: Exception) -> str:
+    """``Type: text`` on one line, however many lines the text has."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def describe_plan(configs: Sequence[RunConfig], seconds: dict[str, float] | None = None,
+                  states: dict[str, tuple[str, str]] | None = None) -> list[str]:
+    """One line per run; with ``seconds`` (estimates by config key), each run's estimate too, and with
+    ``states`` (by key: state and detail, :mod:`harness.status`) where it stands."""
     lines = []
     for index, config in enumerate(configs, 1):
         train = dataclasses.asdict(config.train)
         cost = f"  ~{seconds[config.key]:.0f} s" if seconds and config.key in seconds else ""
+        state, detail = (states or {}).get(config.key, ("", ""))
+        where = f"  [{state}{f': {detail}' if detail else ''}]" if state else ""
         lines.append(f"[{index}/{len(configs)}] {config.label}  pretrained={config.pretrained} "
                      f"device={config.device} img={config.data.img_size} epochs={train['epochs']} lr={train['lr']} "
-                     f"batch={train['batch_size']}{cost}  -> {config.file_stem}.json")
+                     f"batch={train['batch_size']}{cost}  -> {config.file_stem}.json{where}")
     return lines

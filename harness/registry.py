@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class MethodSpec:
     ``role`` (one of :data:`harness.vocabulary.ROLES`, or None) and ``order`` (display order in tables and plots,
     which also fixes a method's plot style) travel in every run record as ``method_info``, so the report
     needs no registry. ``context`` names what the runner hands the method besides the model (see
-    :data:`RUN_CONTEXT`).
+    :data:`RUN_CONTEXT`). ``source`` is the file that defines ``fn``, for messages that name the plugin.
     """
 
     name: str
@@ -57,7 +58,8 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A registered task: ``fn(data_root)`` returns a :class:`harness.data.TaskData`."""
+    """A registered task: ``fn(data_root)`` returns a :class:`harness.data.TaskData`; ``source`` is the file that
+    defines ``fn``."""
 
     name: str
     fn: Callable
@@ -78,10 +80,29 @@ def _first_doc_line(fn: Callable) -> str:
     return doc.splitlines()[0].strip() if doc else ""
 
 
+def _defined_in(fn: Callable) -> str:
+    """The file that defines ``fn``, which a user can open (plugins load under generated module names); for a
+    callable without code of its own (a class instance, a C function), its module's name."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    return code.co_filename if code is not None else str(getattr(fn, "__module__", None) or repr(fn))
+
+
+def _same_definition(old: Callable, new: Callable) -> bool:
+    """One definition registered again: the same object, or the same function of the same file executed again
+    (a plugin loaded both as a file and as a module, or reloaded), which makes a new object of the same code."""
+    if old is new:
+        return True
+    old_code, new_code = getattr(old, "__code__", None), getattr(new, "__code__", None)
+    return (old_code is not None and new_code is not None and old_code.co_filename == new_code.co_filename
+            and old.__qualname__ == new.__qualname__)
+
+
 def _check_free(registry: dict, kind: str, name: str, fn: Callable) -> None:
+    """Refuse a second definition of a name: replacing it silently would give its runs the first one's file names
+    and config keys."""
     existing = registry.get(name)
-    if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
-        raise UserError(f"{kind} '{name}' is registered twice ({existing.source} and {fn.__module__}); "
+    if existing is not None and not _same_definition(existing.fn, fn):
+        raise UserError(f"{kind} '{name}' is registered twice ({existing.source} and {_defined_in(fn)}); "
                         f"rename one of them")
 
 
@@ -104,7 +125,7 @@ def register_method(name: str, *, compresses: bool = False, role: str | None = N
 
     def decorate(fn: Callable) -> Callable:
         _check_free(_METHODS, "method", name, fn)
-        _METHODS[name] = MethodSpec(name, fn, description or _first_doc_line(fn), compresses, fn.__module__,
+        _METHODS[name] = MethodSpec(name, fn, description or _first_doc_line(fn), compresses, _defined_in(fn),
                                     role, order, tuple(context))
         return fn
 
@@ -122,7 +143,7 @@ def register_task(name: str, *, suite: str, group: str | None = None, descriptio
     def decorate(fn: Callable) -> Callable:
         _check_free(_TASKS, "task", name, fn)
         selectors = (suite,) if group is None else (suite, f"{suite}-{group}")
-        _TASKS[name] = TaskSpec(name, fn, description or _first_doc_line(fn), suite, group, fn.__module__,
+        _TASKS[name] = TaskSpec(name, fn, description or _first_doc_line(fn), suite, group, _defined_in(fn),
                                 selectors=selectors)
         return fn
 

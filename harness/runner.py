@@ -1,34 +1,74 @@
 """Executors: each takes one planned run and leaves exactly one result file in the run store.
 
-``run_all`` walks a plan, reusing finished runs, and hands each other run to an executor, a callable
-``executor(config) -> record``. Two exist: :func:`inline_executor` (in this process) and
-:func:`isolated_executor` (a fresh Python process per run, ``--isolate``). Any other (a worker pool, a Slurm
-array) plugs in the same way: it needs only the run store, which defines where a record lives and when it is
-finished.
+``run_all`` walks a plan: it reuses finished runs, leaves configs another live process holds to it (and waits
+for them), and hands every other run to an executor, a callable ``executor(config) -> record | None`` (None: the
+config was claimed by another process first). Two live here: :func:`inline_executor` (in this process) and
+:class:`LocalExecutor` (``--executor local --jobs N``: one worker process per run, N at once, each pinned to a
+GPU or to its share of the CPU threads). :mod:`harness.slurm` hands the same worker jobs to submitit.
+
+Whoever executes a run claims it first (:mod:`harness.claims`), in the process that trains it, so a live run
+is never run twice and a dead one is known dead; the run store defines where a record lives and when it is
+finished. What goes wrong in a run is caught here, recorded with a kind (``failure``) and a one-line reason,
+and the sweep goes on.
 """
 from __future__ import annotations
 
 import json
+import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 from . import registry
+from .checkpoint import Checkpointer
+from .claims import owner_summary, this_process
 from .config import RunConfig
 from .data import TaskData
-from .errors import RunFailed, UserError
+from .errors import RunFailed, RunTimeout, UserError
 from .measure import steady_host_allocator
 from .pipeline import Log, noisy_refusal, train_and_measure
+from .progress import SweepProgress
 from .results import environment
-from .store import SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore
+from .store import RETRIED, SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore
 
-Executor = Callable[[RunConfig], dict]
-NO_SAVE_ADAPTERS = "--no-save-adapters"  # the isolated child's option (harness.isolated)
+Executor = Callable[[RunConfig], "dict | None"]
+WAIT_SECONDS = 2.0  # how often a sweep looks again at runs another process is running
+KEEPS_CHECKPOINT = ("timeout", "interrupted")  # failures a rerun resumes from the checkpoint
+EXIT_CLAIMED = 3  # a worker's exit code: another live process had claimed its config
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How runs are executed, which does not change what they compute, so it is not in their key."""
+
+    save_adapters: bool = True
+    checkpoint_every: int = 0  # epochs between checkpoints (0: none)
+    timeout: float | None = None  # seconds a run may take, measured from its start
+    rerun: str = "missing"  # which stored runs run again: one of RERUN (see to_run)
+
+
+RERUN = ("missing", "failed", "all")  # default; --rerun-failed; --force
+
+
+def to_run(record: dict | None, rerun: str = "missing") -> bool:
+    """Whether a config with this stored record (None: none) is to run. A finished one only with ``all``
+    (``--force``); a failed one with ``failed`` (``--rerun-failed``) or ``all``, or when its kind is one a rerun
+    should not meet again (:data:`harness.store.RETRIED`; a record written before failures had kinds counts as
+    one); a ``running`` one whose process died is marked failed first (:meth:`RunStore.read`)."""
+    if record is None or record["status"] == STATUS_RUNNING:
+        return True
+    if record["status"] == STATUS_OK:
+        return rerun == "all"
+    return rerun != "missing" or record.get("failure", "died") in RETRIED
 
 
 def task_info(name: str, task: TaskData) -> dict:
@@ -45,101 +85,257 @@ def new_record(config: RunConfig, task: TaskData) -> dict:
             "method_info": registry.get_method(config.method).info(), "task_info": task_info(config.task, task)}
 
 
-def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.device, log: Log,
-            save_adapters: bool = True) -> dict:
-    """Run one config and write its result file: ``running`` first, then ``ok`` or ``failed`` with a reason.
+def _deadline(timeout: float | None, started: float) -> Callable[[], None] | None:
+    if timeout is None:
+        return None
 
-    With ``save_adapters`` the trained adapter goes beside it (:meth:`RunStore.adapter_path`). Only an ``ok``
-    run leaves one: a failed run's is removed, and so is an earlier run's of this config when it starts."""
+    def tick() -> None:
+        if time.perf_counter() - started > timeout:
+            raise RunTimeout(f"the run took longer than --timeout {timeout:g} s; raise it, or rerun with "
+                             f"--rerun-failed and --checkpoint-every to go on from the last checkpoint")
+    return tick
+
+
+def _out_of_memory(exc: BaseException, config: RunConfig, device: torch.device) -> str:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"out of memory on {device} ({first}); lower --batch-size (now {config.train.batch_size}), train in "
+            f"bf16 (--train-precision bf16), or run fewer jobs per device")
+
+
+def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.device, log: Log,
+            options: RunOptions = RunOptions(), executor: dict | None = None,
+            on_epoch: Callable[[dict], None] | None = None) -> dict | None:
+    """Claim ``config``, run it and write its result file: ``running`` first, then ``ok`` or ``failed`` with a
+    kind and a reason. None when another live process holds the claim (nothing is written); the stored record
+    when, once claimed, it is one ``options.rerun`` does not run again (another process finished it).
+
+    ``executor`` (name, job id, log) joins the record's ``executor`` with this process's host and pid. With
+    ``options.save_adapters`` the trained adapter goes beside the record (:meth:`RunStore.adapter_path`): only
+    an ``ok`` run leaves one. A checkpoint of this config (:meth:`RunStore.checkpoint_path`) is resumed from."""
+    executor = {"name": "inline", "job_id": None, "log": None, **(executor or {})}
+    claim = store.claims.take(config.file_stem, executor)
+    if claim is None:
+        return None
+    with claim:
+        stored = store.read(config)
+        if stored is not None and stored["status"] != STATUS_RUNNING and not to_run(stored, options.rerun):
+            return stored  # finished by another process since this sweep looked
+        return _execute(config, task, store, device, log, options, {**executor, **this_process()}, on_epoch)
+
+
+def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.device, log: Log,
+             options: RunOptions, executor: dict, on_epoch: Callable[[dict], None] | None) -> dict:
+    if config.threads:
+        torch.set_num_threads(config.threads)
     # Set before anything is timed, for the whole process; the record says what was set.
-    record = {**new_record(config, task), "environment": environment(device, steady_host_allocator())}
+    record = {**new_record(config, task), "environment": environment(device, steady_host_allocator()),
+              "executor": executor}
     adapter = store.adapter_path(config)
     adapter.unlink(missing_ok=True)
     if task.problem is not None:  # bad data: recorded as failed without starting, so the other tasks go on
-        record.update(status=STATUS_FAILED, reason=task.problem, wall_seconds=0.0)
+        record.update(status=STATUS_FAILED, failure="data", reason=task.problem, wall_seconds=0.0)
         store.write(config, record)
         return record
     store.write(config, record)
+    checkpoint = Checkpointer(store.checkpoint_path(config), options.checkpoint_every, config.key, log)
     started = time.perf_counter()
     try:
         record["metrics"] = train_and_measure(config, task, device, log, store.run_dir(config),
-                                              adapter if save_adapters else None)
+                                              adapter if options.save_adapters else None, checkpoint=checkpoint,
+                                              tick=_deadline(options.timeout, started), on_epoch=on_epoch)
         refusal = noisy_refusal(record["metrics"], config.measure)
         record["status"] = STATUS_OK if refusal is None else STATUS_FAILED
         if refusal is not None:
-            record["reason"] = refusal
+            record.update(failure="noisy", reason=refusal)
     except KeyboardInterrupt:
-        record.update(status=STATUS_FAILED, reason="interrupted by the user")
+        record.update(status=STATUS_FAILED, failure="interrupted", reason="interrupted by the user")
         raise
-    except (RunFailed, UserError) as exc:
-        record.update(status=STATUS_FAILED, reason=str(exc))
+    except torch.cuda.OutOfMemoryError as exc:
+        record.update(status=STATUS_FAILED, failure="oom", reason=_out_of_memory(exc, config, device))
+    except RunFailed as exc:
+        record.update(status=STATUS_FAILED, failure=exc.failure, reason=str(exc))
+    except UserError as exc:
+        record.update(status=STATUS_FAILED, failure="error", reason=str(exc))
     except Exception as exc:  # one broken run must not stop the others; the traceback is kept in the file
-        record.update(status=STATUS_FAILED, reason=f"{type(exc).__name__}: {exc}",
+        record.update(status=STATUS_FAILED, failure="error", reason=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc())
     finally:
         record["wall_seconds"] = time.perf_counter() - started
         if record["status"] != STATUS_OK:
             adapter.unlink(missing_ok=True)
+        if record.get("failure") not in KEEPS_CHECKPOINT:
+            checkpoint.remove()
         store.write(config, record)
     return record
 
 
 def inline_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.device, log: Log,
-                    save_adapters: bool = True) -> Executor:
+                    options: RunOptions = RunOptions(), progress: SweepProgress | None = None) -> Executor:
     """Runs in this process, one after another."""
-    return lambda config: execute(config, tasks[config.task], store, device, log, save_adapters)
+    return lambda config: execute(config, tasks[config.task], store, device, log, options,
+                                  on_epoch=None if progress is None else progress.epochs(config))
 
 
-def isolated_command(config: RunConfig, store: RunStore, device: torch.device, plugins: Sequence[str],
-                     data_root: Path | None, threads: int | None = None, save_adapters: bool = True) -> list[str]:
-    """The child's command line: the full device (``cuda:1`` stays ``cuda:1``), not just the config's type, the
-    parent's ``--threads`` (0: torch's choice) and ``--no-save-adapters``."""
-    return [sys.executable, "-m", "harness.isolated", *([] if save_adapters else [NO_SAVE_ADAPTERS]),
-            json.dumps(config.to_dict()), str(store.folder), str(device), str(threads or 0), str(data_root or ""),
-            *plugins]
+@dataclass(frozen=True)
+class WorkerJob:
+    """One run as a worker process (``python -m harness.worker``) or a submitit job executes it: everything it
+    needs, as plain data (JSON for the command line, a pickle for submitit)."""
+
+    config: dict
+    out: str
+    device: str
+    data_root: str
+    plugins: tuple[str, ...]
+    options: dict
+    executor: dict
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "harness.worker", json.dumps(asdict(self))]
 
 
-def isolated_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.device, plugins: Sequence[str],
-                      data_root: Path | None, threads: int | None = None, save_adapters: bool = True) -> Executor:
-    """Runs each config in a fresh Python process, so no allocator or compile state from an earlier run can
-    change its figures; the child's progress goes to our stdout and its result file is read back. A run of a
-    task with bad data is recorded here: there is nothing to isolate, and the reason is the parent's."""
+def worker_job(config: RunConfig, store: RunStore, device: str, data_root: Path | None, plugins: Sequence[str],
+               options: RunOptions, executor: dict) -> WorkerJob:
+    """The job of ``config``: the full device string (``cuda:1`` stays ``cuda:1``) and the run options."""
+    return WorkerJob(config.to_dict(), str(store.folder), device, str(data_root or ""), tuple(plugins),
+                     asdict(options), executor)
 
-    def run(config: RunConfig) -> dict:
-        if tasks[config.task].problem is not None:
-            return execute(config, tasks[config.task], store, device, lambda line: None)
-        subprocess.run(isolated_command(config, store, device, plugins, data_root, threads, save_adapters),
-                       check=False)
-        record = store.read(config)
+
+def gpu_slots(device: torch.device) -> list[int]:
+    """The GPUs local workers share out: the one asked for (``cuda:N``) or every visible one."""
+    if device.type != "cuda":
+        return []
+    return [device.index] if device.index is not None else list(range(torch.cuda.device_count()))
+
+
+class LocalExecutor:
+    """``jobs`` worker processes on this machine, one run each at a time: a fresh process per run, so no
+    allocator or compile state from an earlier run can change a run's figures.
+
+    On a GPU machine worker slot i runs on GPU ``i mod n`` (``CUDA_VISIBLE_DEVICES`` set for it); CPU threads are
+    the configs' own (the CLI splits the cores between jobs and records it in each config). With one job the
+    worker prints to our output; with more each run's output goes to ``<out>/logs/<run>.log``. A run of a task
+    with bad data is recorded here: there is nothing to run."""
+
+    def __init__(self, jobs: int, tasks: dict[str, TaskData], store: RunStore, device: torch.device,
+                 plugins: Sequence[str], data_root: Path | None, options: RunOptions = RunOptions()) -> None:
+        self.parallel, self.tasks, self.store, self.device = jobs, tasks, store, device
+        self.plugins, self.data_root, self.options = list(plugins), data_root, options
+        self.gpus = gpu_slots(device)
+        self.slots: queue.Queue[int] = queue.Queue()
+        for slot in range(jobs):
+            self.slots.put(slot)
+
+    def _environment(self, slot: int) -> tuple[dict, str]:
+        env = dict(os.environ)
+        if not self.gpus:
+            return env, str(self.device)
+        env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot % len(self.gpus)])
+        return env, "cuda:0"
+
+    def __call__(self, config: RunConfig) -> dict | None:
+        task = self.tasks[config.task]
+        if task.problem is not None:
+            return execute(config, task, self.store, self.device, lambda line: None, self.options)
+        slot = self.slots.get()
+        try:
+            return self._run(config, slot)
+        finally:
+            self.slots.put(slot)
+
+    def _run(self, config: RunConfig, slot: int) -> dict | None:
+        env, device = self._environment(slot)
+        log = self.store.log_path(config) if self.parallel > 1 else None
+        job = worker_job(config, self.store, device, self.data_root, self.plugins, self.options,
+                         {"name": "local", "job_id": f"worker{slot}", "log": str(log) if log else None})
+        limit = None if self.options.timeout is None else self.options.timeout + 60  # the run's own check first
+        try:
+            if log is None:
+                code = subprocess.run(job.command(), env=env, check=False, timeout=limit).returncode
+            else:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "w") as output:
+                    code = subprocess.run(job.command(), env=env, check=False, timeout=limit, stdout=output,
+                                          stderr=subprocess.STDOUT).returncode
+        except subprocess.TimeoutExpired:  # subprocess.run killed it
+            return self._failed(config, "timeout", f"the worker process outlived --timeout "
+                                                   f"{self.options.timeout:g} s and was killed")
+        if code == EXIT_CLAIMED:
+            return None
+        record = self.store.read(config)  # a worker that died after starting is settled as died here
         if record is None or record.get("status") == STATUS_RUNNING:
-            record = {**new_record(config, tasks[config.task]), "status": STATUS_FAILED,
-                      "reason": "the isolated run's process died before finishing (see its output above)"}
-            store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
-            store.write(config, record)
+            where = f"; see {log}" if log else " (see its output above)"
+            return self._failed(config, "died", f"the worker process exited with code {code} before "
+                                                f"finishing{where}")
         return record
 
-    return run
+    def _failed(self, config: RunConfig, failure: str, reason: str) -> dict:
+        record = {**new_record(config, self.tasks[config.task]), "status": STATUS_FAILED, "failure": failure,
+                  "reason": reason}
+        self.store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
+        self.store.write(config, record)
+        return record
 
 
-def run_all(configs: Sequence[RunConfig], store: RunStore, executor: Executor, *, force: bool = False,
-            log: Log = print) -> list[dict]:
-    """Every config's record: a finished one is reused (unless ``force``), any other is run by ``executor``."""
-    records = []
-    for index, config in enumerate(configs, 1):
-        prefix = f"[{index}/{len(configs)}] {config.label}"
-        cached = None if force else store.finished(config)
-        if cached is not None:
-            log(f"{prefix}: already done, reusing {store.path(config).name} (--force reruns)")
-            records.append(cached)
-            continue
-        log(prefix)
-        record = executor(config)
-        if record["status"] == STATUS_OK:
-            metrics = record["metrics"]
-            log(f"  ok in {record['wall_seconds']:.0f}s: test acc best {metrics['test_acc_best']:.2f}% "
-                f"last {metrics['test_acc_last']:.2f}%, {metrics['infer_img_per_s']:.0f} img/s, "
-                f"{metrics['gmacs']:.4g} GMACs")
+def triage(configs: Sequence[RunConfig], store: RunStore, progress: SweepProgress,
+           rerun: str = "missing") -> tuple[dict[str, dict], list[RunConfig]]:
+    """The stored records kept (by key) and the configs to run (:func:`to_run`)."""
+    records: dict[str, dict] = {}
+    todo = []
+    for config in configs:
+        record = store.read(config)
+        if to_run(record, rerun):
+            todo.append(config)
+        elif record["status"] == STATUS_OK:
+            progress.reused(config, f"already done, reusing {store.path(config).name} (--force reruns)")
+            records[config.key] = record
         else:
-            log(f"  FAILED: {record['reason']}")
-        records.append(record)
-    return records
+            progress.reused(config, f"failed before ({record.get('failure')}: {record.get('reason')}); "
+                                    f"--rerun-failed runs it again")
+            records[config.key] = record
+    return records, todo
+
+
+def run_all(configs: Sequence[RunConfig], store: RunStore, executor: Executor, *, rerun: str = "missing",
+            parallel: int = 1, progress: SweepProgress | None = None) -> list[dict]:
+    """Every config's record, in plan order: kept ones as :func:`triage` says, one a live process holds waited
+    for, any other run by ``executor`` (which is to execute with the same ``rerun``), ``parallel`` at a time."""
+    progress = progress or SweepProgress(configs)
+    records, todo = triage(configs, store, progress, rerun)
+    lock = threading.Lock()
+    waiting: list[RunConfig] = []
+
+    def run(config: RunConfig) -> None:
+        record = None
+        if store.claims.owner(config.file_stem) is None:
+            progress.started(config)
+            record = executor(config)
+        with lock:
+            if record is None:
+                waiting.append(config)
+            else:
+                records[config.key] = record
+                progress.finished(config, record)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(run, todo))
+    announced = set()
+    while waiting:
+        config = waiting.pop(0)
+        owner = store.claims.owner(config.file_stem)
+        if owner is not None:
+            if config.key not in announced:
+                announced.add(config.key)
+                progress.log(f"waiting for {config.label}: running in another process ({owner_summary(owner)})")
+            waiting.append(config)
+            time.sleep(WAIT_SECONDS / len(waiting))
+            continue
+        record = store.read(config)
+        if not to_run(record, "missing"):  # finished (or failed for good) by its owner
+            progress.reused(config, f"{record['status']} in another process")
+            records[config.key] = record
+        else:  # its owner died: ours to run
+            run(config)
+    progress.close()
+    return [records[config.key] for config in configs]

@@ -19,7 +19,22 @@ if TYPE_CHECKING:
 
 RESULTS_CSV = "results.csv"
 ADAPTER_SUFFIX = ".adapter.safetensors"  # a run's trained adapter, beside its record (harness.adapters)
+LOG_FOLDER = "logs"  # what a worker process printed, one file per run (harness.runner's local executor)
 STATUS_RUNNING, STATUS_OK, STATUS_FAILED = "running", "ok", "failed"
+# What a failed record's ``failure`` says went wrong. Rerunning a sweep reruns the kinds in RETRIED (the run was
+# cut short, or never started because of its data, which may have been mended since); the others, which a rerun
+# would meet again, wait for --rerun-failed.
+FAILURES = {
+    "data": "the task's data cannot be read",
+    "error": "the run raised an exception",
+    "nan": "the training loss became NaN or infinite",
+    "oom": "out of memory",
+    "timeout": "the run took longer than --timeout",
+    "noisy": "its throughput stayed noisy under --refuse-noisy",
+    "died": "its process died (killed, node lost, time limit)",
+    "interrupted": "interrupted by the user",
+}
+RETRIED = ("data", "died", "interrupted")
 # 2: records describe their method (roles, display order) and task (suite, group, classes, split sizes), so the
 # report needs no plugin registry. Records without ``schema`` are version 1; ``run.py migrate`` upgrades them.
 SCHEMA_VERSION = 2
@@ -75,7 +90,10 @@ class RunStore:
     ``<folder>/<config.file_stem>.adapter.safetensors`` for its trained adapter (:mod:`harness.adapters`)."""
 
     def __init__(self, folder: Path) -> None:
+        from .claims import Claims  # claims write through this module
+
         self.folder = Path(folder)
+        self.claims = Claims(self.folder)
 
     def path(self, config: RunConfig) -> Path:
         return self.folder / f"{config.file_stem}.json"
@@ -87,11 +105,42 @@ class RunStore:
         """Where the run's trainable parameters go: beside its record, and no ``*.json`` (not a run file)."""
         return self.folder / f"{config.file_stem}{ADAPTER_SUFFIX}"
 
+    def checkpoint_path(self, config: RunConfig) -> Path:
+        from .checkpoint import CHECKPOINT_SUFFIX
+
+        return self.folder / f"{config.file_stem}{CHECKPOINT_SUFFIX}"
+
+    def log_path(self, config: RunConfig) -> Path:
+        return self.folder / LOG_FOLDER / f"{config.file_stem}.log"
+
     def write(self, config: RunConfig, record: dict) -> None:
         write_json_atomic(self.path(config), record)
 
     def read(self, config: RunConfig) -> dict | None:
-        return read_json(self.path(config))
+        """The config's record, a ``running`` one whose process died marked so first (:meth:`settle`)."""
+        path = self.path(config)
+        return self.settle(path, read_json(path))
+
+    def settle(self, path: Path, record: dict | None) -> dict | None:
+        """``record`` (read from ``path``), or, when it says ``running`` and no live process holds its claim, the
+        record marked failed (``died``) and written back, so a dead run is never left ``running``."""
+        from .claims import folder_lock
+
+        if not is_run_record(record) or record["status"] != STATUS_RUNNING:
+            return record
+        stem = path.name[:-len(".json")]
+        with folder_lock(self.claims.lock):  # the owner writes its final record before releasing its claim
+            record = read_json(path)
+            if not is_run_record(record) or record["status"] != STATUS_RUNNING \
+                    or self.claims.owner(stem) is not None:
+                return record
+            owner = record.get("executor") or {}
+            record.update(status=STATUS_FAILED, failure="died",
+                          reason=f"its process (host {owner.get('host')}, pid {owner.get('pid')}) died before "
+                                 f"finishing; rerun the sweep to run it again (with --checkpoint-every it goes on "
+                                 f"from its last checkpoint)")
+            write_json_atomic(path, record)
+        return record
 
     def finished(self, config: RunConfig) -> dict | None:
         """The stored record of this exact config if it finished successfully."""
@@ -99,8 +148,10 @@ class RunStore:
         return record if record is not None and record.get("status") == STATUS_OK else None
 
     def records(self) -> list[dict]:
-        """Every readable run record; a foreign or damaged file is passed over (``report`` lists such files)."""
-        return [record for record in map(read_json, run_files(self.folder)) if is_run_record(record)]
+        """Every readable run record (dead ``running`` ones settled); a foreign or damaged file is passed over
+        (``report`` lists such files)."""
+        records = (self.settle(path, read_json(path)) for path in run_files(self.folder))
+        return [record for record in records if is_run_record(record)]
 
     def write_csv(self, records: Iterable[dict] | None = None) -> Path:
         """The aggregate CSV (one flat row per run, :func:`harness.results.flatten`), replaced atomically."""

@@ -29,7 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import Normalize, TaskData
-from .errors import RunFailed, UserError
+from .checkpoint import Checkpointer, restore_rng, rng_state
+from .errors import NonFiniteLoss, UserError
 from .measure import PRECISIONS, autocast
 
 SELECTIONS = ("test", "val")  # TrainConfig.selection: what picks the reported evaluation (module docstring)
@@ -163,6 +164,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    def state_dict(self) -> dict:
+        """What a checkpoint needs of training: the model's, the optimizer's and the gradient scaler's state."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
     @torch.inference_mode()
     def evaluate(self, loader: DataLoader) -> float:
         """Top-1 accuracy in percent, in the training precision."""
@@ -234,7 +246,8 @@ def train_epoch(trainer: Trainer, loader: Iterable, schedule: Schedule, first_st
 
 def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, config: TrainConfig,
         log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] = lambda entry: None,
-        val_loader: DataLoader | None = None) -> TrainResult:
+        val_loader: DataLoader | None = None, checkpoint: Checkpointer | None = None,
+        tick: Callable[[], None] | None = None) -> TrainResult:
     """Train for ``config.epochs`` epochs, evaluating every ``eval_every`` epochs and after the last one.
 
     Each evaluation measures test accuracy; ``test_acc_best`` is the best of them, ``test_acc_last`` the last.
@@ -243,6 +256,11 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
     ``test_acc_at_best_val`` the test accuracy of that evaluation; should several evaluations tie on the best
     val accuracy, the earliest of them counts (more training buys no tie-break). ``on_epoch`` receives each
     epoch's curve entry (loss, lr, and val_acc and test_acc when evaluated) as it is made.
+
+    With ``checkpoint`` the state after every N-th epoch is saved, and a saved state is resumed from: training
+    goes on from the epoch after it, with every random generator where it was, and the earlier epochs' curve
+    entries are handed to ``on_epoch`` again (a fresh TensorBoard folder gets the whole curve). ``tick`` is
+    called after every step (a deadline check).
     """
     if config.selection == "val" and val_loader is None:
         raise ValueError("selection 'val' needs a val_loader to select on (see selection_splits)")
@@ -252,18 +270,27 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
     steps_per_epoch = len(train_loader)
     schedule = Schedule(config, steps_per_epoch)
     trainer.model.train()
-    train_seconds, train_images = 0.0, 0
-    accuracies: list[float] = []
-    val_accuracies: list[float] = []
-    curve: list[dict] = []
-    for epoch in range(1, config.epochs + 1):
+    progress = {"epoch": 0, "train_seconds": 0.0, "train_images": 0, "accuracies": [], "val_accuracies": [],
+                "curve": []}
+    generator = getattr(train_loader, "generator", None)
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        trainer.load_state_dict(saved["trainer"])
+        restore_rng(saved["rng"], generator)
+        progress = saved["progress"]
+        for entry in progress["curve"]:
+            on_epoch(entry)
+        log(f"  resumed from the checkpoint after epoch {progress['epoch']}/{config.epochs}")
+    accuracies, val_accuracies, curve = progress["accuracies"], progress["val_accuracies"], progress["curve"]
+    on_step = None if tick is None else (lambda loss: tick())
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
-        loss_sum, images_seen = train_epoch(trainer, train_loader, schedule, (epoch - 1) * steps_per_epoch)
+        loss_sum, images_seen = train_epoch(trainer, train_loader, schedule, (epoch - 1) * steps_per_epoch, on_step)
         mean_loss = loss_sum.item() / steps_per_epoch  # one sync per epoch, not per step
-        train_seconds += time.perf_counter() - started
-        train_images += images_seen
+        progress["train_seconds"] += time.perf_counter() - started
+        progress["train_images"] += images_seen
         if not math.isfinite(mean_loss):
-            raise RunFailed(f"loss became {mean_loss} in epoch {epoch}; lower --lr or check the data")
+            raise NonFiniteLoss(f"loss became {mean_loss} in epoch {epoch}; lower --lr or check the data")
         lr = schedule.lr(epoch * steps_per_epoch - 1)
         entry = {"epoch": epoch, "loss": mean_loss, "lr": lr}
         message = f"  epoch {epoch}/{config.epochs}  loss {mean_loss:.4f}  lr {lr:.2e}"
@@ -278,7 +305,11 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
         curve.append(entry)
         on_epoch(entry)
         log(message)
-    result = TrainResult(max(accuracies), accuracies[-1], train_seconds, train_images, curve)
+        progress["epoch"] = epoch
+        if checkpoint is not None and checkpoint.due(epoch, config.epochs):
+            checkpoint.save({"trainer": trainer.state_dict(), "rng": rng_state(generator), "progress": progress})
+    result = TrainResult(max(accuracies), accuracies[-1], progress["train_seconds"], progress["train_images"],
+                         curve)
     if val_accuracies:
         chosen = val_accuracies.index(max(val_accuracies))  # index() finds the first: ties go to the earliest
         result.val_acc_best, result.test_acc_at_best_val = val_accuracies[chosen], accuracies[chosen]

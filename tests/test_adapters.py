@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import harness
-from harness import isolated, runner
+from harness import runner, worker
 from harness.cli import main
 from harness.config import RunConfig
 from harness.store import STATUS_FAILED, STATUS_OK, RunStore
@@ -148,7 +148,7 @@ def test_a_failed_run_leaves_no_adapter_and_a_rerun_none_of_the_earlier_run(monk
     store.adapter_path(run).write_bytes(b"an earlier run's")
     written = []
 
-    def pipeline(run_config, task, device, log, run_dir, adapter_path):
+    def pipeline(run_config, task, device, log, run_dir, adapter_path, **kwargs):
         assert not store.adapter_path(run).exists(), "an earlier run's adapter is gone when the run starts"
         written.append(adapter_path)
         adapter_path.write_bytes(b"partial")
@@ -159,23 +159,21 @@ def test_a_failed_run_leaves_no_adapter_and_a_rerun_none_of_the_earlier_run(monk
     record = runner.execute(run, task, store, torch.device("cpu"), lambda line: None)
     assert record["status"] == STATUS_FAILED and written == [store.adapter_path(run)]
     assert not store.adapter_path(run).exists()
-    monkeypatch.setattr(runner, "train_and_measure", lambda *args: written.append(args[-1]) or {"x": 1})
-    assert runner.execute(run, task, store, torch.device("cpu"), lambda line: None, False)["status"] == STATUS_OK
+    monkeypatch.setattr(runner, "train_and_measure", lambda *args, **kwargs: written.append(args[-1]) or {"x": 1})
+    assert runner.execute(run, task, store, torch.device("cpu"), lambda line: None,
+                          runner.RunOptions(save_adapters=False, rerun="failed"))["status"] == STATUS_OK
     assert written[-1] is None  # --no-save-adapters: the pipeline is given nowhere to save
 
 
-def test_the_isolated_child_is_told_not_to_save(monkeypatch, tmp_path):
-    command = runner.isolated_command(config(), RunStore(tmp_path), torch.device("cpu"), ["p.py"], None,
-                                      save_adapters=False)
-    child_args = command[command.index("harness.isolated") + 1:]
-    assert child_args[0] == "--no-save-adapters" and child_args[-1] == "p.py"
-    assert "--no-save-adapters" not in runner.isolated_command(config(), RunStore(tmp_path), torch.device("cpu"),
-                                                               [], None)
+def test_a_worker_is_told_not_to_save(monkeypatch, tmp_path):
     executed = []
-    monkeypatch.setattr(isolated, "load_tasks", lambda names, root, **options: {name: object() for name in names})
-    monkeypatch.setattr(isolated, "execute", lambda *args: executed.append(args) or {"status": STATUS_OK})
-    assert isolated.main(child_args[:-1]) == 0 and isolated.main(child_args[1:-1]) == 0
-    assert [args[-1] for args in executed] == [False, True]
+    monkeypatch.setattr(worker, "load_tasks", lambda names, root, **options: {name: object() for name in names})
+    monkeypatch.setattr(worker, "execute", lambda *args: executed.append(args) or {"status": STATUS_OK})
+    for save in (False, True):
+        job = runner.worker_job(config(), RunStore(tmp_path), "cpu", None, [], runner.RunOptions(save_adapters=save),
+                                {})
+        assert worker.main(job.command()[-1:]) == 0
+    assert [args[5].save_adapters for args in executed] == [False, True]
 
 
 def cli_run(plugin_file, out, *extra: str):

@@ -36,7 +36,8 @@ def test_unknown_names_list_the_valid_ones():
 
 
 def test_external_plugin_file_registers_without_core_edits(loaded_plugin):
-    assert registry.get_method("bitfit").source.startswith("_adaptbench_plugins.external.")
+    assert registry.get_method("bitfit").source == str(loaded_plugin.resolve())  # the file, for messages
+    assert registry.get_method("bitfit").fn.__module__.startswith("_adaptbench_plugins.external.")
     assert registry.expand_tasks(["tiny"]) == ["tiny_bright"]
 
 
@@ -71,13 +72,17 @@ def test_entry_point_plugins_load_in_a_fresh_process(tmp_path):
     assert "entry_point_method" in json.loads(output)
 
 
-def test_clashing_registration_is_refused():
+def test_clashing_registration_is_refused_even_under_the_same_function_name():
     def lora(model, compression=None):
         return model
 
-    lora.__qualname__ = "someone_elses_lora"
-    with pytest.raises(harness.UserError, match="method 'lora' is registered twice"):
+    lora.__qualname__ = "lora"  # as a plugin's module-level `def lora` is named
+    builtin = registry.get_method("lora")
+    with pytest.raises(harness.UserError) as refused:
         harness.register_method("lora")(lora)
+    assert str(refused.value) == (f"method 'lora' is registered twice ({REPO / 'methods' / 'lora.py'} and "
+                                  f"{__file__}); rename one of them")
+    assert registry.get_method("lora") is builtin
 
 
 def test_roles_order_and_context_are_declared_at_registration_and_checked():

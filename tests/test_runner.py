@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import harness.measure
-from harness import isolated, runner
+from harness import runner, worker
 from harness.config import RunConfig
 from harness.results import environment
+from harness.progress import SweepProgress
 from harness.store import STATUS_OK, RunStore
 from harness.train import TrainConfig
 
@@ -30,30 +31,43 @@ def test_run_all_reuses_finished_runs_and_hands_the_others_to_its_executor(tmp_p
         store.write(run_config, record)
         return record
 
-    records = runner.run_all([done, todo], store, executor, log=lambda line: None)
+    progress = SweepProgress([done, todo], log=lambda line: None, bar=False)
+    records = runner.run_all([done, todo], store, executor, progress=progress)
     assert handed == [todo] and [record["status"] for record in records] == [STATUS_OK, "failed"]
     assert store.finished(done) is not None and store.finished(todo) is None
     assert sorted(path.name for path in store.folder.glob("*.json")) == sorted(
         [store.path(done).name, store.path(todo).name])
 
 
-def test_isolated_child_is_given_the_full_device_not_just_its_type(tmp_path):
+def test_a_worker_job_carries_the_full_device_not_just_its_type(tmp_path):
     """--device cuda:1 --isolate ran on cuda:0: the config keeps only the type, and the child re-resolved it."""
     run_config = config(device="cuda")
-    command = runner.isolated_command(run_config, RunStore(tmp_path), torch.device("cuda", 1), ["plugin.py"], None,
-                                      threads=3)
-    assert command[command.index(str(tmp_path)) + 1:][:2] == ["cuda:1", "3"]
+    job = runner.worker_job(run_config, RunStore(tmp_path), "cuda:1", None, ["plugin.py"], runner.RunOptions(), {})
+    child = json.loads(job.command()[-1])
+    assert child["device"] == "cuda:1" and RunConfig.from_dict(child["config"]) == run_config
 
 
-def test_isolated_child_runs_on_the_device_and_threads_it_is_given(monkeypatch, tmp_path):
-    resolved, executed, threads = [], [], []
-    monkeypatch.setattr(isolated, "resolve_device", lambda name: resolved.append(name) or torch.device("cpu"))
-    monkeypatch.setattr(isolated, "load_tasks", lambda names, root, **options: {name: object() for name in names})
-    monkeypatch.setattr(isolated, "execute", lambda *args: executed.append(args) or {"status": STATUS_OK})
-    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+def test_a_worker_runs_on_the_device_and_with_the_options_it_is_given(monkeypatch, tmp_path):
+    resolved, executed = [], []
+    monkeypatch.setattr(worker, "resolve_device", lambda name: resolved.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(worker, "load_tasks", lambda names, root, **options: {name: object() for name in names})
+    monkeypatch.setattr(worker, "execute", lambda *args: executed.append(args) or {"status": STATUS_OK})
     run_config = config(device="cuda")
-    assert isolated.main([json.dumps(run_config.to_dict()), str(tmp_path), "cuda:1", "1", ""]) == 0
-    assert resolved == ["cuda:1"] and executed[0][0] == run_config and threads == [1]
+    options = runner.RunOptions(save_adapters=False, checkpoint_every=2, timeout=30.0)
+    job = runner.worker_job(run_config, RunStore(tmp_path), "cuda:1", None, [], options, {"name": "local"})
+    assert worker.main(job.command()[-1:]) == 0
+    assert resolved == ["cuda:1"] and executed[0][0] == run_config and executed[0][5] == options
+    assert executed[0][6]["name"] == "local"
+
+
+def test_a_run_uses_the_threads_its_config_names(monkeypatch, loaded_plugin, tmp_path):
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(runner, "train_and_measure", lambda *args, **kwargs: {"test_acc_best": 1.0})
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    run_config = RunConfig(**{**config().__dict__, "threads": 1})
+    assert runner.execute(run_config, task, RunStore(tmp_path), torch.device("cpu"), lambda line: None)
+    assert threads == [1] and run_config.key != config().key  # threads change the figures: another run
 
 
 def test_environment_records_the_device_with_its_index(monkeypatch):
@@ -78,7 +92,7 @@ def test_a_run_sets_the_host_allocator_before_anything_is_timed_and_records_it(
     calls = []
     monkeypatch.setattr(harness.measure, "_mallopt", lambda parameter, value: calls.append(parameter) or True)
 
-    def pipeline(*args):
+    def pipeline(*args, **kwargs):
         assert len(calls) == 2, "the allocator must be set before the run's first timed step"
         return {"test_acc_best": 1.0}
 

@@ -221,14 +221,15 @@ def test_a_damaged_decoded_cache_is_decoded_again(vtab_root, monkeypatch, tmp_pa
     assert torch.equal(task.at_size(8).test.images, first)
 
 
-def test_an_isolated_sweep_records_a_broken_tasks_runs_without_a_child(monkeypatch, tmp_path):
+def test_a_local_sweep_records_a_broken_tasks_runs_without_a_worker(monkeypatch, tmp_path):
     from harness import runner
     from harness.store import RunStore
 
-    monkeypatch.setattr(runner, "isolated_command", lambda *args: pytest.fail("no child for a broken task"))
+    monkeypatch.setattr(runner.LocalExecutor, "_run", lambda *args: pytest.fail("no worker for a broken task"))
     tasks = load_tasks(["eurosat"], tmp_path)  # no such folder: the task's problem
     configs = plan_runs(["lora"], tasks, seeds=[0], compressions=None, backbone=MICRO, pretrained=None,
                         device=torch.device("cpu"), train_overrides={})
-    executor = runner.isolated_executor(tasks, RunStore(tmp_path / "runs"), torch.device("cpu"), [], tmp_path)
+    executor = runner.LocalExecutor(2, tasks, RunStore(tmp_path / "runs"), torch.device("cpu"), [], tmp_path)
     record = executor(configs[0])
     assert record["status"] == "failed" and record["reason"].startswith("VTAB-1k folder for 'eurosat' not found")
+    assert record["failure"] == "data"

@@ -11,10 +11,22 @@ from .schema import BASELINE_ACCURACY_COLUMNS, BASELINE_METRICS, ROW_KEY, Method
 
 
 def read_baseline(path: Path) -> pd.DataFrame:
+    """The leaderboard CSV at ``path``; a file that cannot be read or is no leaderboard is a :class:`UserError`.
+    The report calls it before writing anything, so a bad ``--baseline`` leaves no half-written report."""
     try:
-        return pd.read_csv(path)
-    except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
-        raise UserError(f"cannot read the --baseline file {path} ({exc}); pass a leaderboard.csv") from None
+        old = pd.read_csv(path)
+    except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors, some with line breaks
+        raise UserError(f"cannot read the --baseline file {path} ({' '.join(str(exc).split())}); "
+                        f"pass a leaderboard.csv") from None
+    _check_leaderboard(old, f"the --baseline file {path}")
+    return old
+
+
+def _check_leaderboard(old: pd.DataFrame, what: str) -> None:
+    absent = [column for column in ROW_KEY if column not in old]
+    if absent:
+        raise UserError(f"{what} is not a leaderboard CSV: it has no {', '.join(absent)} column; "
+                        f"pass a leaderboard.csv written by `run.py report`")
 
 
 def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None = None) -> pd.DataFrame:
@@ -25,10 +37,7 @@ def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None 
     has follows the ordered ones, by name. Unless both boards hold the default accuracy, ``accuracy_old`` and
     ``accuracy_new`` (after ``change``) name each board's (:func:`~.schema.accuracy_of`; see
     :func:`accuracy_mismatch`)."""
-    absent = [column for column in ROW_KEY if column not in old]
-    if absent:
-        raise UserError(f"the --baseline file is not a leaderboard CSV: it has no {', '.join(absent)} column; "
-                        f"pass a leaderboard.csv written by `run.py report`")
+    _check_leaderboard(old, "the --baseline file")
     if "suite" in old and "suite" in new and not new.empty:
         old = old[old["suite"].astype(str) == str(new["suite"].iloc[0])]
     sides = []

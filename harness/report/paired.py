@@ -93,6 +93,25 @@ def parse_compare(text: str) -> tuple[Selector, Selector]:
     return Selector.parse(parts[0]), Selector.parse(parts[1])
 
 
+def check_compare(runs: pd.DataFrame, comparisons: Sequence[tuple[Selector, Selector]], where: str) -> None:
+    """Refuse a ``--compare`` naming a method, or a pinned level, that no finished run in ``runs`` (the runs
+    loaded from ``where``) has: a typo there would otherwise only empty its table. The report calls it before
+    writing anything."""
+    methods = Methods.of(runs)
+    for pair in comparisons:
+        for selector in pair:
+            levels = _ran_levels(runs, selector.method)
+            if not levels:
+                known = ", ".join(sorted(set(runs["method"]), key=methods.rank))
+                problem = f"no finished runs of method '{selector.method}' in {where} (methods there: {known})"
+            elif selector.level is not None and selector.level not in levels:
+                problem = (f"no finished runs of method '{selector.method}' at compression '{selector.level}' in "
+                           f"{where} (its levels there: {', '.join(levels)})")
+            else:
+                continue
+            raise UserError(f"--compare {pair[0]},{pair[1]}: {problem}")
+
+
 def level_pairs(levels_a: Sequence[str], levels_b: Sequence[str]) -> list[tuple[str, str]]:
     """The levels both methods ran, each against itself; if they share none, every level of A against every
     level of B (e.g. ``tome`` at low and high against uncompressed ``lora``)."""
@@ -119,7 +138,11 @@ def compare_methods(runs: pd.DataFrame, a: Selector, b: Selector, accuracy: str 
     return with_accuracy(pd.DataFrame(rows, columns=COMPARE_COLUMNS), choice)
 
 
+def _ran_levels(runs: pd.DataFrame, method: str) -> list[str]:
+    """The levels ``method`` ran at in ``runs``, mildest first."""
+    return sorted(set(runs.loc[runs["method"] == method, "compression"]), key=level_rank)
+
+
 def _levels(runs: pd.DataFrame, selector: Selector) -> list[str]:
-    found = set(runs.loc[runs["method"] == selector.method, "compression"])
-    wanted = found if selector.level is None else found & {selector.level}
-    return sorted(wanted, key=level_rank)
+    found = _ran_levels(runs, selector.method)
+    return found if selector.level is None else [level for level in found if level == selector.level]

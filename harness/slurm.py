@@ -1,0 +1,141 @@
+"""``--executor slurm``: a sweep's runs as one Slurm job array, through submitit (what FAIR's ToMe- and
+DiffRate-era research code uses), so adaptbench grows no job system of its own.
+
+Each array task is one run: submitit pickles a :class:`harness.worker.SubmititRun` and calls it on the node,
+where it claims its config and writes its record into the run folder like any other executor; the run store
+stays the only source of truth. Its job id and log go in the record, and ``<out>/slurm/submitted.json`` says
+which job each run was handed to, for ``run.py status``. Submitting again (the same command) hands out only
+what is not done, not running and not queued. With ``--wait`` the command waits for the array and writes the
+summary and ``results.csv``; without it, it returns once submitted.
+
+``cluster`` ``local`` or ``debug`` runs the same jobs through submitit's executors on this machine (tests).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .claims import folder_lock
+from .config import RunConfig
+from .errors import UserError
+from .runner import WorkerJob
+from .store import RunStore, read_json, write_json_atomic
+
+SUBMITTED = "submitted.json"
+QUEUED_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+CLUSTERS = ("slurm", "local", "debug")
+
+
+def parse_time(text: str) -> int:
+    """Minutes from ``MINUTES``, ``H:MM`` or ``H:MM:SS`` (what ``--slurm-time`` takes)."""
+    match = re.fullmatch(r"(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?", text.strip())
+    if match is None:
+        raise UserError(f"--slurm-time '{text}' is not MINUTES, H:MM or H:MM:SS (e.g. 90 or 4:00:00)")
+    first, second, third = match.groups()
+    if second is None:
+        return int(first)
+    return int(first) * 60 + int(second) + (1 if third and int(third) else 0)
+
+
+def parse_options(values: Sequence[str]) -> dict[str, str]:
+    """``--slurm-opt key=value`` pairs: sbatch options submitit has no parameter for (``constraint=h100``)."""
+    options = {}
+    for value in values:
+        key, equals, setting = value.partition("=")
+        if not equals or not key.strip():
+            raise UserError(f"--slurm-opt '{value}' is not KEY=VALUE (e.g. --slurm-opt constraint=h100)")
+        options[key.strip().replace("-", "_")] = setting.strip()
+    return options
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """What each array task asks Slurm for."""
+
+    partition: str | None = None
+    time_minutes: int = 240
+    gpus_per_job: int = 1
+    cpus_per_job: int | None = None
+    array_parallelism: int = 64
+    account: str | None = None
+    extra: dict = field(default_factory=dict)
+    cluster: str = "slurm"
+
+    def submitit_parameters(self) -> dict:
+        """AutoExecutor's parameters: generic ones, and ``slurm_*`` ones the local executors ignore."""
+        parameters = {"name": "adaptbench", "timeout_min": self.time_minutes, "gpus_per_node": self.gpus_per_job,
+                      "tasks_per_node": 1, "slurm_array_parallelism": self.array_parallelism,
+                      "slurm_additional_parameters": dict(self.extra)}
+        if self.cpus_per_job:
+            parameters["cpus_per_task"] = self.cpus_per_job
+        if self.partition:
+            parameters["slurm_partition"] = self.partition
+        if self.account:
+            parameters["slurm_account"] = self.account
+        return parameters
+
+
+def logs_folder(store: RunStore) -> Path:
+    return store.folder / "slurm"
+
+
+def sbatch_script(settings: SlurmSettings, store: RunStore, count: int) -> str:
+    """The sbatch script submitit writes for an array of ``count`` runs, made without a cluster (submitit's own
+    template, so what is shown is what would be submitted)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    parameters = {"job_name": "adaptbench", "time": settings.time_minutes, "gpus_per_node": settings.gpus_per_job,
+                  "ntasks_per_node": 1, "array_parallelism": settings.array_parallelism, "map_count": count,
+                  "additional_parameters": dict(settings.extra), "partition": settings.partition,
+                  "account": settings.account, "cpus_per_task": settings.cpus_per_job}
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
+                        shlex.quote(str(logs_folder(store) / "%j"))])
+    return _make_sbatch_string(command=command, folder=logs_folder(store) / "%j",
+                               **{key: value for key, value in parameters.items() if value is not None})
+
+
+def submitted(store: RunStore) -> dict[str, dict]:
+    """Which job each run (by file stem) was last handed to: job id, logs, when."""
+    return read_json(logs_folder(store) / SUBMITTED) or {}
+
+
+def queued(store: RunStore, stem: str, cluster: str) -> dict | None:
+    """The submission of ``stem`` if its job is still queued or running, as Slurm's accounting says."""
+    entry = submitted(store).get(stem)
+    if entry is None or cluster != "slurm":
+        return None
+    import submitit
+
+    state = submitit.SlurmJob(logs_folder(store), entry["job_id"]).state
+    return entry if state.split()[0] in QUEUED_STATES else None
+
+
+def submit(jobs: Sequence[WorkerJob], configs: Sequence[RunConfig], settings: SlurmSettings,
+           store: RunStore) -> list:
+    """Hand ``jobs`` (one per config) to Slurm as one array; returns submitit's jobs."""
+    import submitit
+
+    from .worker import SubmititRun
+
+    executor = submitit.AutoExecutor(folder=logs_folder(store) / "%j", cluster=settings.cluster)
+    executor.update_parameters(**settings.submitit_parameters())
+    with executor.batch():
+        handles = [executor.submit(SubmititRun(job)) for job in jobs]
+    with folder_lock(store.claims.lock):
+        entries = submitted(store)
+        for config, handle in zip(configs, handles):
+            entries[config.file_stem] = {"job_id": handle.job_id, "stdout": str(handle.paths.stdout),
+                                         "stderr": str(handle.paths.stderr), "submitted_at": time.time()}
+        write_json_atomic(logs_folder(store) / SUBMITTED, entries)
+    return handles
+
+
+def wait(handles: Sequence, poll_seconds: float = 2.0) -> None:
+    """Until every job has ended (its run's record says how it went)."""
+    while not all(handle.done() for handle in handles):
+        time.sleep(poll_seconds)

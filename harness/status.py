@@ -1,0 +1,58 @@
+"""What state each run of a plan or a folder is in: done, running (who, where its log is), queued (on Slurm),
+failed (its kind and reason) or missing. ``run.py status RUNS`` and ``--dry-run`` print it; both read only the
+run store (records, claims, Slurm submissions), and a ``running`` record whose process died is marked so.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from .claims import owner_summary
+from .config import RunConfig
+from .slurm import submitted
+from .store import STATUS_FAILED, STATUS_OK, RunStore, is_run_record, read_json, run_files
+
+STATES = ("done", "running", "queued", "failed", "missing")
+
+
+def _state(store: RunStore, stem: str, record: dict | None, queue: dict[str, dict]) -> tuple[str, str]:
+    if record is not None and record["status"] == STATUS_OK:
+        return "done", ""
+    if record is not None and record["status"] == STATUS_FAILED:
+        return "failed", f"({record.get('failure', 'error')}) {record.get('reason')}"
+    owner = store.claims.owner(stem)
+    if owner is not None:
+        return "running", owner_summary(owner)
+    if stem in queue:
+        entry = queue[stem]
+        return "queued", f"Slurm job {entry['job_id']}, log {entry['stdout']}"
+    return "missing", ""
+
+
+def plan_states(configs: Sequence[RunConfig], store: RunStore) -> dict[str, tuple[str, str]]:
+    """(state, detail) of each planned config, by key."""
+    queue = submitted(store)
+    return {config.key: _state(store, config.file_stem, store.read(config), queue) for config in configs}
+
+
+def folder_states(folder: Path) -> list[tuple[str, str, str]]:
+    """(label, state, detail) of every run a folder knows: its records, and runs handed to Slurm that have
+    none yet."""
+    store = RunStore(folder)
+    queue = submitted(store)
+    rows, seen = [], set()
+    for path in run_files(folder):
+        record = store.settle(path, read_json(path))
+        if not is_run_record(record):
+            continue
+        stem = path.name[:-len(".json")]
+        seen.add(stem)
+        rows.append((RunConfig.from_dict(record["config"]).label, *_state(store, stem, record, queue)))
+    rows += [(stem, *_state(store, stem, None, queue)) for stem in sorted(set(queue) - seen)]
+    return rows
+
+
+def tally(states: Sequence[str]) -> str:
+    counts = Counter(states)
+    return ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])

@@ -1,0 +1,390 @@
+"""Sweeps that survive: claims, dead runs, checkpoints, failure isolation, executors, progress and status."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import runner
+from harness.claims import Claims
+from harness.cli import main
+from harness.config import RunConfig
+from harness.progress import SweepProgress
+from harness.store import STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore, read_json
+from harness.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAULTS = textwrap.dedent('''
+    """Methods that go wrong in training, each its own way, and one that counts how often it really runs."""
+    import os
+    import time
+
+    import torch
+    import harness
+
+
+    def _in_training(model, act):
+        def hook(module, inputs, output):
+            return act(output) if module.training else output
+        model.register_forward_hook(hook)
+        return model
+
+
+    @harness.register_method("boom")
+    def boom(model, compression=None):
+        def act(output):
+            raise RuntimeError("the plugin broke")
+        return _in_training(model, act)
+
+
+    @harness.register_method("nan_loss")
+    def nan_loss(model, compression=None):
+        return _in_training(model, lambda output: output * float("nan"))
+
+
+    @harness.register_method("oom")
+    def oom(model, compression=None):
+        def act(output):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return _in_training(model, act)
+
+
+    @harness.register_method("sleepy")
+    def sleepy(model, compression=None):
+        def act(output):
+            time.sleep(float(os.environ.get("SLEEPY_SECONDS", "3")))
+            return output
+        return _in_training(model, act)
+
+
+    @harness.register_method("counted")
+    def counted(model, compression=None):
+        """LoRA, and one line in $COUNT_FILE each time a run adapts a real (not meta-device) model."""
+        if os.environ.get("COUNT_FILE") and next(model.parameters()).device.type != "meta":
+            with open(os.environ["COUNT_FILE"], "a") as handle:
+                handle.write(f"{os.getpid()}\\n")
+        return harness.registry.get_method("lora").fn(model, compression)
+''')
+
+
+@pytest.fixture(scope="module")
+def faults_plugin(tmp_path_factory, plugin_file) -> str:
+    """The faulty methods' plugin, with the tiny task's beside it (a --plugins value)."""
+    path = tmp_path_factory.mktemp("faults") / "faults.py"
+    path.write_text(FAULTS)
+    return f"{plugin_file},{path}"
+
+
+def sweep_args(plugin_file: Path | str, out: Path, *extra: str, methods: str = "lora,full_ft", seeds: str = "0,1",
+               epochs: str = "3") -> list[str]:
+    return ["--plugins", str(plugin_file), "--methods", methods, "--tasks", "tiny_bright", "--seeds", seeds,
+            "--epochs", epochs, "--no-pretrained", "--threads", "1", "--bench-batch", "8", "--no-estimate",
+            "--out", str(out), *extra]
+
+
+def run_cli(*args: str):
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def start_sweep(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def rows(out: Path) -> dict[str, dict]:
+    """Every run file of a folder, by key; each must be a whole JSON record."""
+    found = {}
+    for path in sorted(out.glob("*.json")):
+        record = json.loads(path.read_text())  # a partial file would not parse
+        assert record["key"] not in found, f"two files for one run: {path.name}"
+        found[record["key"]] = record
+    return found
+
+
+def outcome(record: dict) -> tuple:
+    """What must not depend on how a run was executed: its status, accuracies and its whole loss curve."""
+    metrics = record.get("metrics", {})
+    return (record["status"], metrics.get("test_acc_best"), metrics.get("test_acc_last"),
+            tuple(entry["loss"] for entry in metrics.get("curve", [])))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(plugin_file, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = run_cli(*sweep_args(plugin_file, out, "--checkpoint-every", "1"))
+    assert result.exit_code == 0, result.output
+    return rows(out)
+
+
+# --- claims -------------------------------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_live_claim_is_refused_and_a_dead_owners_claim_is_taken_over(tmp_path):
+    claims = Claims(tmp_path)
+    held = claims.take("run", {"name": "inline"})
+    assert held is not None and claims.take("run", {"name": "inline"}) is None  # we are alive
+    held.release()
+    assert not claims.path("run").exists()
+    claims.path("run").write_text(json.dumps({"host": os.uname().nodename, "pid": dead_pid()}))
+    assert claims.owner("run") is None
+    taken = claims.take("run", {"name": "inline"})
+    assert taken is not None and read_json(claims.path("run"))["pid"] == os.getpid()
+    taken.release()
+
+
+def test_a_claim_from_another_host_is_dead_once_its_heartbeat_is_stale(tmp_path):
+    claims = Claims(tmp_path)
+    claims.path("run").write_text(json.dumps({"host": "node-17", "pid": 1, "job_id": "42_3"}))
+    assert claims.owner("run") is not None  # fresh heartbeat: a live run on node-17
+    assert claims.owner("run", job_id="42_3") is None  # ... unless we are that job, requeued
+    stale = time.time() - 600
+    os.utime(claims.path("run"), (stale, stale))
+    assert claims.owner("run") is None
+
+
+def test_a_dead_running_record_is_marked_died_and_results_csv_never_lists_it_running(tmp_path):
+    import pandas as pd
+
+    store = RunStore(tmp_path)
+    config = RunConfig("lora", "tiny_bright", "vit_micro_small_patch4_32", 0, "none", False, "cpu",
+                       TrainConfig(epochs=1))
+    store.write(config, {"key": config.key, "config": config.to_dict(), "status": STATUS_RUNNING,
+                         "executor": {"host": os.uname().nodename, "pid": dead_pid()}})
+    store.claims.path(config.file_stem).write_text(json.dumps({"host": os.uname().nodename, "pid": dead_pid()}))
+    frame = pd.read_csv(store.write_csv())
+    assert frame["status"].tolist() == [STATUS_FAILED]
+    record = read_json(store.path(config))
+    assert record["failure"] == "died" and "died before finishing" in record["reason"]
+
+
+# --- failure isolation ----------------------------------------------------------------------------------------
+
+
+def test_a_raise_a_nan_an_oom_and_a_timeout_each_fail_their_run_and_the_others_go_on(faults_plugin, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("SLEEPY_SECONDS", "4")
+    out = tmp_path / "runs"
+    result = run_cli(*sweep_args(faults_plugin, out, "--timeout", "6", methods="boom,lora,nan_loss,oom,sleepy",
+                                 seeds="0", epochs="2"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    by_method = {record["config"]["method"]: record for record in rows(out).values()}
+    assert by_method["lora"]["status"] == STATUS_OK
+    kinds = {method: (record["status"], record.get("failure")) for method, record in by_method.items()}
+    assert kinds == {"lora": ("ok", None), "boom": ("failed", "error"), "nan_loss": ("failed", "nan"),
+                     "oom": ("failed", "oom"), "sleepy": ("failed", "timeout")}
+    assert "the plugin broke" in by_method["boom"]["reason"]
+    assert "lower --batch-size" in by_method["oom"]["reason"] and "\n" not in by_method["oom"]["reason"]
+    assert "--timeout 6" in by_method["sleepy"]["reason"]
+    for method in ("boom", "nan_loss", "oom", "sleepy"):
+        assert f"FAILED {method} / tiny_bright" in result.output
+    assert "4 failed" in result.output
+
+
+def test_a_failed_run_waits_for_rerun_failed(faults_plugin, tmp_path):
+    out = tmp_path / "runs"
+    args = sweep_args(faults_plugin, out, methods="boom", seeds="0", epochs="1")
+    assert run_cli(*args).exit_code == 1
+    again = run_cli(*args)
+    assert again.exit_code == 1 and "failed before (error: RuntimeError: the plugin broke)" in again.output
+    retried = run_cli(*args, "--rerun-failed")
+    assert retried.exit_code == 1 and "failed before" not in retried.output
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_plugin, tmp_path, monkeypatch):
+    from harness.plan import load_tasks, plan_runs
+
+    tasks = load_tasks(["tiny_bright"], None)
+    task = tasks["tiny_bright"]
+    (config,) = plan_runs(["lora"], tasks, seeds=[0], compressions=None, backbone=None, pretrained=False,
+                          device=torch.device("cpu"), train_overrides={"epochs": 6}, threads=1)
+    options = runner.RunOptions(checkpoint_every=1, save_adapters=False)
+    whole = runner.execute(config, task, RunStore(tmp_path / "whole"), torch.device("cpu"), lambda line: None,
+                           options)
+    assert whole["status"] == STATUS_OK, whole.get("reason")
+    store = RunStore(tmp_path / "cut")
+
+    def interrupt_at_step_seven(timeout, started):
+        steps = []
+
+        def tick():
+            steps.append(1)
+            if len(steps) == 7:  # in epoch 4 of 6 (two steps an epoch): epoch 3's checkpoint is the last
+                raise KeyboardInterrupt
+        return tick
+
+    monkeypatch.setattr(runner, "_deadline", interrupt_at_step_seven)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(config, task, store, torch.device("cpu"), lambda line: None, options)
+    assert read_json(store.path(config))["failure"] == "interrupted" and store.checkpoint_path(config).exists()
+    monkeypatch.undo()
+    lines = []
+    resumed = runner.execute(config, task, store, torch.device("cpu"), lines.append, options)
+    assert any("resumed from the checkpoint after epoch 3/6" in line for line in lines)
+    assert outcome(resumed) == outcome(whole) and resumed["metrics"]["curve"] == whole["metrics"]["curve"]
+    assert not store.checkpoint_path(config).exists()  # a finished run leaves none
+    events = list((store.run_dir(config) / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1  # one curve, not one per start
+
+
+# --- fault injection ------------------------------------------------------------------------------------------
+
+
+def test_sigkill_at_random_moments_loses_duplicates_and_corrupts_nothing(plugin_file, uninterrupted, tmp_path):
+    """The sweep is killed (SIGKILL) at several random moments, resumed each time, and ends with exactly the rows
+    of an uninterrupted sweep. More kills: ADAPTBENCH_TEST_KILLS."""
+    out = tmp_path / "runs"
+    args = sweep_args(plugin_file, out, "--checkpoint-every", "1")
+    chance = random.Random(int(os.environ.get("ADAPTBENCH_TEST_KILL_SEED", "0")))
+    kills = 0
+    for _ in range(int(os.environ.get("ADAPTBENCH_TEST_KILLS", "3"))):
+        process = start_sweep(args)
+        time.sleep(chance.uniform(2.0, 9.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+        for path in out.glob("*.json"):
+            json.loads(path.read_text())  # every file whole after every kill
+    assert kills > 0
+    final = start_sweep(args)
+    output, _ = final.communicate(timeout=300)
+    assert final.returncode == 0, output
+    found = rows(out)
+    assert set(found) == set(uninterrupted)
+    assert {key: outcome(record) for key, record in found.items()} == \
+        {key: outcome(record) for key, record in uninterrupted.items()}
+    assert not list(out.glob("*.claim")) and not list(out.glob("*.checkpoint.pt"))
+    csv = (out / "results.csv").read_text().splitlines()
+    assert len(csv) == 1 + len(uninterrupted) and STATUS_RUNNING not in "".join(csv)
+
+
+def test_two_sweeps_on_one_folder_run_each_config_once(faults_plugin, tmp_path):
+    out, count = tmp_path / "runs", tmp_path / "adapted.txt"
+    args = sweep_args(faults_plugin, out, methods="counted", seeds="0,1,2,3", epochs="2")
+    sweeps = [start_sweep(args, env={**os.environ, "COUNT_FILE": str(count)}) for _ in range(2)]
+    outputs = [sweep.communicate(timeout=300)[0] for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    assert len(count.read_text().split()) == 4  # each of the 4 configs trained once, by one sweep or the other
+    assert all("4 ok, 0 failed" in output for output in outputs)  # each sweep waited for the other's runs
+    assert len(rows(out)) == 4
+
+
+# --- executors --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", [["--executor", "local", "--jobs", "2"],
+                                      ["--executor", "slurm", "--slurm-cluster", "local", "--wait"]],
+                         ids=["local-jobs-2", "submitit-local"])
+def test_worker_executors_give_the_inline_result_set(plugin_file, uninterrupted, tmp_path, executor):
+    out = tmp_path / "runs"
+    result = run_cli(*sweep_args(plugin_file, out, "--checkpoint-every", "1", *executor))
+    assert result.exit_code == 0, result.output
+    found = rows(out)
+    assert {key: outcome(record) for key, record in found.items()} == \
+        {key: outcome(record) for key, record in uninterrupted.items()}
+    names = {record["executor"]["name"] for record in found.values()}
+    assert names == {executor[1]} and all(record["executor"]["job_id"] for record in found.values())
+    if executor[1] == "slurm":
+        submitted = json.loads((out / "slurm" / "submitted.json").read_text())
+        assert {record["executor"]["job_id"] for record in found.values()} == \
+            {entry["job_id"] for entry in submitted.values()}
+
+
+def test_jobs_need_the_local_executor():
+    result = run_cli("--jobs", "2", "--dry-run", "--no-estimate")
+    assert result.exit_code == 2 and "add --executor local" in result.output
+
+
+def test_local_workers_split_the_cpu_threads_and_record_them(plugin_file, tmp_path):
+    result = run_cli("--plugins", str(plugin_file), "--methods", "lora", "--tasks", "tiny_bright", "--dry-run",
+                     "--no-estimate", "--executor", "local", "--jobs", "2", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    from harness.plan import load_tasks, plan_runs
+
+    configs = plan_runs(["lora"], load_tasks(["tiny_bright"], None), seeds=[0], compressions=None, backbone=None,
+                        pretrained=None, device=torch.device("cpu"), train_overrides={}, threads=expected)
+    assert configs[0].file_stem in result.output
+
+
+def test_the_slurm_dry_run_shows_submitits_array_script(plugin_file, tmp_path):
+    result = run_cli(*sweep_args(plugin_file, tmp_path, "--dry-run", "--executor", "slurm", "--slurm-partition",
+                                 "gpu", "--slurm-time", "2:30:00", "--slurm-array-parallelism", "2",
+                                 "--slurm-opt", "constraint=h100"))
+    assert result.exit_code == 0, result.output
+    assert "#SBATCH --array=0-3%2" in result.output and "#SBATCH --partition=gpu" in result.output
+    assert "#SBATCH --time=150" in result.output and "#SBATCH --constraint=h100" in result.output
+    assert "4 missing" in result.output
+    if not torch.cuda.is_available():  # planned for the nodes' GPUs, not for the machine that submits
+        assert "device=cuda" in result.output and "device=cpu" not in result.output
+
+
+# --- progress and status ----------------------------------------------------------------------------------------
+
+
+def configs_of(count: int) -> list[RunConfig]:
+    return [RunConfig("lora", "tiny_bright", "vit_micro_small_patch4_32", seed, "none", False, "cpu",
+                      TrainConfig(epochs=1)) for seed in range(count)]
+
+
+def test_the_eta_scales_the_plans_estimate_by_how_finished_runs_compared():
+    configs = configs_of(3)
+    lines = []
+    progress = SweepProgress(configs, {config.key: 10.0 for config in configs}, log=lines.append, bar=False)
+    assert progress.eta() == 30.0
+    progress.finished(configs[0], {"status": "failed", "reason": "x", "wall_seconds": 20.0})
+    assert progress.eta() == 40.0  # twice as slow as estimated: the 2 runs left take 2 x 10 s each
+    assert lines[-1] == "  1/3 done, about 40 s to go"
+    halved = SweepProgress(configs, log=lines.append, bar=False, parallel=2)
+    halved.finished(configs[0], {"status": "failed", "reason": "x", "wall_seconds": 20.0})
+    assert halved.eta() == 20.0  # no estimates: the mean so far, two at a time
+
+
+def test_status_shows_done_running_and_failed_runs(tmp_path):
+    store = RunStore(tmp_path)
+    done, live, dead = configs_of(3)
+    store.write(done, {"key": done.key, "config": done.to_dict(), "status": STATUS_OK})
+    claim = store.claims.take(live.file_stem, {"name": "local", "job_id": "worker1", "log": "runs/logs/x.log"})
+    store.write(live, {"key": live.key, "config": live.to_dict(), "status": STATUS_RUNNING})
+    store.write(dead, {"key": dead.key, "config": dead.to_dict(), "status": STATUS_RUNNING,
+                       "executor": {"host": "vm", "pid": dead_pid()}})
+    result = run_cli("status", str(tmp_path))
+    claim.release()
+    assert result.exit_code == 1, result.output
+    assert "1 done, 1 running, 1 failed" in result.output
+    assert "local job worker1" in result.output and "log runs/logs/x.log" in result.output
+    assert "(died)" in result.output and "seed 2" in result.output
+
+
+def test_on_a_terminal_progress_is_a_bar_over_the_sweep_and_one_over_the_epochs(capsys):
+    configs = configs_of(2)
+    progress = SweepProgress(configs, {config.key: 5.0 for config in configs}, bar=True)
+    on_epoch = progress.epochs(configs[0])
+    on_epoch({"epoch": 1})
+    assert progress.epoch_bar.n == 1 and progress.bar.n == 0
+    progress.finished(configs[0], {"status": "failed", "reason": "x", "wall_seconds": 5.0})
+    assert progress.bar.n == 1 and progress.epoch_bar is None
+    progress.close()
+    err = capsys.readouterr()
+    assert "sweep" in err.err and "ETA 5 s" in err.err and "FAILED (error): x" in err.out

@@ -533,6 +533,11 @@ def _migrate(runs: tuple[Path, ...], plugins: tuple[str, ...]) -> int:
                    "periodic test evaluation, as PYRA and V-PETL Bench report), last (test_acc_last, free of test "
                    "selection) or at-best-val (test_acc_at_best_val: test accuracy at the best val evaluation of "
                    "runs trained with --selection val; other runs are skipped).")
+# harness.report.MATCH_TOLERANCE, not imported here: pandas loads only for the report (a test checks it).
+@click.option("--match-tolerance", type=click.FloatRange(min=0), default=0.10, show_default=True,
+              help="Adverse Compression: a verdict only for pairs whose small model runs within this fraction of "
+                   "the compressed model's throughput (matched_throughput_ratio 0.9-1.1 by default); others are "
+                   "'unmatched (ratio x)'.")
 @click.option("--plugins", multiple=True,
               help="Ignored: run files describe their own tasks and methods (kept so old command lines still work)")
 def report(**options: object) -> None:
@@ -547,7 +552,7 @@ def report(**options: object) -> None:
 
 
 def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], baseline: Path | None,
-            publish: bool, accuracy: str, plugins: tuple[str, ...]) -> int:
+            publish: bool, accuracy: str, match_tolerance: float, plugins: tuple[str, ...]) -> int:
     from . import report as analysis  # pandas, scipy and matplotlib load only for the report
 
     del plugins  # run files describe their own tasks and methods: no plugin is needed to report on them
@@ -570,7 +575,7 @@ def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], 
     command = shlex.join([root.info_name or "run.py", *root.meta.get(_ARGV, [])])
     for suite, suite_runs in frame.groupby("suite"):
         result = analysis.write_suite_report(suite_runs, out / suite, compare=comparisons, baseline=baseline,
-                                             accuracy=accuracy)
+                                             accuracy=accuracy, match_tolerance=match_tolerance)
         _print_suite(result)
         if publish:
             target = analysis.publish(result, analysis.provenance(suite_runs, skipped, command, accuracy))

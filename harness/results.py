@@ -84,7 +84,8 @@ def flatten(record: dict) -> dict:
     row.update({f"{split}_size": size for split, size in task_info.pop("split_sizes", {}).items()})
     row.update({f"source_{key}": _cell(value) for key, value in task_info.pop("data", {}).items()})
     row.update(task_info)
-    row.update({"key": record["key"], "status": record["status"], "reason": record.get("reason")})
+    row.update({"key": record["key"], "status": record["status"], "failure": record.get("failure"),
+                "reason": record.get("reason")})
     row.update({key: value for key, value in record.get("metrics", {}).items()
                 if not isinstance(value, (list, dict))})  # curves stay in the JSON file
     row.update({f"env_{key}": value for key, value in record.get("environment", {}).items()})

@@ -29,7 +29,8 @@ def old_runs(tmp_path: Path) -> Path:
 def test_migrated_runs_report_exactly_as_the_old_code_reported_them(old_runs, tmp_path):
     result = invoke("migrate", old_runs)
     assert result.exit_code == 0 and "24 run file(s) upgraded" in result.output, result.output
-    result = invoke("report", old_runs, "--out", tmp_path / "report")
+    # The old code gave a verdict whatever the throughput match; an infinite tolerance is that rule.
+    result = invoke("report", old_runs, "--out", tmp_path / "report", "--match-tolerance", "inf")
     assert result.exit_code == 0, result.output
     for name in REPORT_FILES:
         assert (tmp_path / "report" / "offline" / name).read_text() == (FIXTURES / "schema1_report" / name).read_text()

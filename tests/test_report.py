@@ -143,7 +143,8 @@ def test_adverse_compression_verdicts(tmp_path):
         return records
 
     seeds = (0, 1)  # 5 tasks x 2 seeds = 10 pairs
-    records = (grid("small_peft", "high", seeds=seeds) + grid("small_peft", "low", seeds=seeds)
+    records = (grid("small_peft", "high", seeds=seeds, matched_throughput_ratio=1.05)
+               + grid("small_peft", "low", seeds=seeds, matched_throughput_ratio=0.95)
                + noisy(grid("tome", "high", shift=-3, seeds=seeds), 0.3)
                + noisy(grid("pyra", "high", shift=+3, seeds=seeds), 0.3)
                + noisy(grid("diffrate", "high", seeds=seeds), 3.0)
@@ -158,6 +159,41 @@ def test_adverse_compression_verdicts(tmp_path):
     tome = table.loc[("tome", "high")]
     assert tome["n"] == 10 and tome["pairing"] == "task x seed" and tome["mean_diff"] == pytest.approx(-3, abs=0.3)
     assert tome["ci_high"] < 0 and tome["wilcoxon_p"] < 0.05
+
+
+@pytest.mark.parametrize("ratio, tolerance, verdict", [(1.23, 0.10, "unmatched (ratio 1.23x)"),
+                                                       (0.85, 0.10, "unmatched (ratio 0.85x)"),
+                                                       (1.23, 0.25, "adverse"), (1.08, 0.10, "adverse")])
+def test_adverse_compression_gives_a_verdict_only_at_matched_throughput(tmp_path, ratio, tolerance, verdict):
+    records = (grid("small_peft", "high", seeds=(0, 1), matched_throughput_ratio=ratio)
+               + grid("tome", "high", shift=-3, seeds=(0, 1)))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    (row,) = report.adverse_compression(runs, tolerance=tolerance).to_dict("records")
+    assert row["verdict"] == verdict and row["mean_diff"] == pytest.approx(-3)  # the difference is still given
+    assert ("outside" in row["note"]) == verdict.startswith("unmatched")
+
+
+def test_report_match_tolerance_option_reaches_the_verdicts(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    records = (grid("small_peft", "high", seeds=(0, 1), matched_throughput_ratio=1.2)
+               + grid("tome", "high", shift=-3, seeds=(0, 1)))
+    runs = write_runs(tmp_path / "runs", records)
+    for tolerance, verdict in (("0.1", "unmatched (ratio 1.20x)"), ("0.3", "adverse")):
+        result = CliRunner().invoke(main, ["report", str(runs), "--out", str(tmp_path / "rep"),
+                                           "--match-tolerance", tolerance], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert verdict in result.output
+        assert verdict in (tmp_path / "rep" / "offline" / "adverse_compression.md").read_text()
+
+
+def test_the_report_commands_default_tolerance_is_the_reports():
+    from harness.cli import report as report_command
+
+    option = next(param for param in report_command.params if param.name == "match_tolerance")
+    assert option.default == report.MATCH_TOLERANCE
 
 
 def test_compare_pairs_levels_each_method_ran(tmp_path):

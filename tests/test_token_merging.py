@@ -175,8 +175,9 @@ QUICK_TIMING = MeasureConfig(batches=(8,), warmup_iters=1, warmup_seconds=0.0, r
 
 
 def test_small_peft_matches_throughput_when_compressed_and_records_the_ratio():
-    small = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=3), "small_peft",
-                          compression="high", measure=QUICK_TIMING)
+    big = timm.create_model("vit_micro_base_patch4_32", num_classes=3)
+    big.adaptbench_pretrained = False  # as create_backbone marks a model built without weights
+    small = harness.adapt(big, "small_peft", compression="high", measure=QUICK_TIMING)
     info = small.adaptbench_info
     assert info["small_backbone"] == "vit_micro_small_patch4_32" and info["matched_throughput_ratio"] > 0
 
@@ -212,3 +213,28 @@ def test_small_peft_times_candidates_under_the_runs_own_timing_settings(monkeypa
 def test_small_peft_refuses_the_smallest_backbone():
     with pytest.raises(harness.UserError, match="smallest backbone of its family"):
         harness.adapt(micro(), "small_peft")
+
+
+@pytest.mark.parametrize("reference, chosen", [(1000.0, "vit_tiny_patch16_224"),
+                                               (1800.0, "vit_micro_small_patch4_32")])
+def test_small_peft_picks_the_closest_throughput_size_of_a_family_of_three(monkeypatch, reference, chosen):
+    """A family of three (the two micro ViTs and, between them, a ViT-Ti at 32 px), with fake throughputs: the
+    compressed micro-B runs ``reference`` img/s, ViT-Ti 1,150 and micro-S 2,000."""
+    from harness import backbones
+    from harness.backbones import BackboneInfo
+
+    family = {"vit_micro_base_patch4_32": 2, "vit_tiny_patch16_224": 1, "vit_micro_small_patch4_32": 0}
+    for name, rank in family.items():
+        monkeypatch.setitem(backbones.KNOWN_BACKBONES, name, BackboneInfo(name, "three", rank, name))
+    speeds = {96: reference, 192: 1150.0, 48: 2000.0}
+
+    def fake_throughput(model, image_size, device, settings, batch_size=None):
+        return Throughput(speeds[model.embed_dim], 0.0, 1, settings.batches[0])
+
+    monkeypatch.setitem(registry.get_method("small_peft").fn.__globals__, "deployed_throughput", fake_throughput)
+    big = timm.create_model("vit_micro_base_patch4_32", num_classes=3)
+    big.adaptbench_pretrained = False  # as create_backbone marks a model built without weights
+    small = harness.adapt(big, "small_peft", compression="high", measure=QUICK_TIMING)
+    info = small.adaptbench_info
+    assert info["small_backbone"] == chosen
+    assert info["matched_throughput_ratio"] == pytest.approx(speeds[small.embed_dim] / reference)

@@ -14,8 +14,8 @@ from .baseline import accuracy_mismatch, baseline_diff, baseline_summary, read_b
 from .board import (distinct, leaderboard, missing_tasks, ordered_groups, ordered_tasks, pareto_front, ppt,
                     speedup_reference)
 from .load import Skipped, load_runs, read_run
-from .paired import (ADVERSE_COLUMNS, COMPARE_COLUMNS, Selector, adverse_compression, check_compare, compare_methods,
-                     level_pairs, parse_compare)
+from .paired import (ADVERSE_COLUMNS, COMPARE_COLUMNS, MATCH_TOLERANCE, Selector, adverse_compression, check_compare,
+                     compare_methods, level_pairs, parse_compare)
 from .publish import PUBLISHED_FILES, REPORT_FILES, clear_report_files, provenance, publish, results_root
 from .schema import (ACCURACIES, ACCURACY_COLUMN, BASELINE_METRICS, DEFAULT_ACCURACY, PARETO_METRICS, ROW_KEY,
                      Accuracy, Methods, accuracy_choice, accuracy_of, higher_is_better, row_label, sort_rows)
@@ -25,7 +25,7 @@ from .write import SuiteReport, write_suite_report
 __all__ = [
     "accuracy_mismatch", "baseline_diff", "baseline_summary", "read_baseline", "distinct", "leaderboard",
     "missing_tasks", "ordered_groups", "ordered_tasks", "pareto_front", "ppt", "speedup_reference", "Skipped",
-    "load_runs", "read_run", "ADVERSE_COLUMNS", "COMPARE_COLUMNS", "Selector", "adverse_compression",
+    "load_runs", "read_run", "ADVERSE_COLUMNS", "COMPARE_COLUMNS", "MATCH_TOLERANCE", "Selector", "adverse_compression",
     "check_compare", "compare_methods", "level_pairs", "parse_compare", "PUBLISHED_FILES", "REPORT_FILES",
     "clear_report_files", "provenance", "publish", "results_root", "ACCURACIES", "ACCURACY_COLUMN",
     "BASELINE_METRICS", "DEFAULT_ACCURACY", "PARETO_METRICS", "ROW_KEY", "Accuracy", "Methods", "accuracy_choice",

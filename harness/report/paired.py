@@ -32,13 +32,28 @@ def _select(runs: pd.DataFrame, device: str, backbone: str, method: str, level: 
                 & (runs["compression"] == level)]
 
 
-def adverse_compression(runs: pd.DataFrame, accuracy: str = DEFAULT_ACCURACY) -> pd.DataFrame:
+MATCH_TOLERANCE = 0.10  # the Adverse Compression test's default: partners within ±10 % of equal throughput
+
+
+def unmatched(ratio: float, tolerance: float) -> bool:
+    """Whether a small model running ``ratio`` times the compressed model's throughput is too far from equal
+    speed for a verdict (a ratio the run did not record counts as unmatched)."""
+    return not abs(ratio - 1) <= tolerance
+
+
+def adverse_compression(runs: pd.DataFrame, accuracy: str = DEFAULT_ACCURACY,
+                        tolerance: float = MATCH_TOLERANCE) -> pd.DataFrame:
     """Every compressed row (compression other than ``none``) of every method that is not a small-model baseline,
     against the method(s) whose recorded role is ``small-model baseline`` (``small_peft`` among the built-ins),
     throughput-matched to that level, on the same device and big backbone. Differences are compressed - baseline,
     in points of ``accuracy`` (:data:`~.schema.ACCURACIES`; another than the default adds the first column
     ``accuracy``, holding its name). Should several baseline methods have run at a level, each gets a row, its
     note naming it.
+
+    The test is of equal throughput: a pair whose mean ``matched_throughput_ratio`` (the small model's
+    throughput over the compressed model's, as the baseline measured them side by side; for a baseline that
+    records none, the ratio of the two rows' median measured throughputs) is off 1 by more than ``tolerance``
+    gets no verdict but ``unmatched (ratio x)``; its difference and CI are still given.
     """
     choice = accuracy_choice(accuracy)
     methods = Methods.of(runs)
@@ -54,13 +69,24 @@ def adverse_compression(runs: pd.DataFrame, accuracy: str = DEFAULT_ACCURACY) ->
             rows.append({**key, "n": 0, "verdict": f"no {SMALL_MODEL_BASELINE} run", "note": f"run "
                          f"{_baseline_names(baselines)} at compression {level} on this device and backbone"})
         for name, small in partners:
-            row = {**key, "small_backbone": distinct(small["small_backbone"]),
-                   "matched_throughput_ratio": small["matched_throughput_ratio"].mean(),
+            ratio = _throughput_ratio(small, compressed)
+            row = {**key, "small_backbone": distinct(small["small_backbone"]), "matched_throughput_ratio": ratio,
                    **_result_columns(stats.compare(compressed, small, choice.column), ADVERSE_LABELS)}
-            if len(partners) > 1:
-                row["note"] = "; ".join(part for part in (f"against {name}", row["note"]) if part)
+            notes = [f"against {name}"] if len(partners) > 1 else []
+            if unmatched(ratio, tolerance):
+                row["verdict"] = f"unmatched (ratio {ratio:.2f}x)" if ratio == ratio else "unmatched (ratio unknown)"
+                notes.append(f"the small model runs {ratio:.2f}x the compressed model's throughput, outside "
+                             f"±{tolerance:.0%} of equal speed: no verdict (a family size nearer its speed is needed)")
+            row["note"] = "; ".join(part for part in (*notes, row["note"]) if part)
             rows.append(row)
     return with_accuracy(sort_rows(pd.DataFrame(rows, columns=ADVERSE_COLUMNS), methods), choice)
+
+
+def _throughput_ratio(small: pd.DataFrame, compressed: pd.DataFrame) -> float:
+    recorded = small["matched_throughput_ratio"].mean() if "matched_throughput_ratio" in small else float("nan")
+    if recorded == recorded:
+        return recorded
+    return small["infer_img_per_s"].median() / compressed["infer_img_per_s"].median()
 
 
 def _baseline_names(baselines: Sequence[str]) -> str:

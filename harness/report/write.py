@@ -10,7 +10,7 @@ import pandas as pd
 
 from .baseline import accuracy_mismatch, baseline_diff, baseline_summary, read_baseline
 from .board import leaderboard, missing_tasks
-from .paired import Selector, adverse_compression, compare_methods
+from .paired import MATCH_TOLERANCE, Selector, adverse_compression, compare_methods
 from .publish import clear_report_files
 from .schema import ACCURACIES, DEFAULT_ACCURACY, ROW_KEY, Accuracy, Methods, accuracy_choice, row_label
 from .tables import leaderboard_markdown, table_markdown
@@ -78,9 +78,11 @@ def _write_table(frame: pd.DataFrame, markdown: str, folder: Path, stem: str) ->
 
 
 def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tuple[Selector, Selector]] = (),
-                       baseline: Path | None = None, accuracy: str = DEFAULT_ACCURACY) -> SuiteReport:
-    """Leaderboard, Pareto plots, Adverse Compression table, comparisons and baseline differences of one
-    suite's runs, written into ``folder``, all of the per-run ``accuracy`` (:data:`~.schema.ACCURACIES`)."""
+                       baseline: Path | None = None, accuracy: str = DEFAULT_ACCURACY,
+                       match_tolerance: float = MATCH_TOLERANCE) -> SuiteReport:
+    """Leaderboard, Pareto plots, Adverse Compression table (verdicts for pairs within ``match_tolerance`` of
+    equal throughput), comparisons and baseline differences of one suite's runs, written into ``folder``, all of
+    the per-run ``accuracy`` (:data:`~.schema.ACCURACIES`)."""
     from .plots import write_pareto_plots  # matplotlib loads only when a report is made
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,8 @@ def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tu
     suite = str(runs["suite"].iloc[0])
     methods = Methods.of(runs)
     board = leaderboard(runs, accuracy)
-    report = SuiteReport(suite, folder, board, adverse_compression(runs, accuracy), accuracy_choice(accuracy))
+    report = SuiteReport(suite, folder, board, adverse_compression(runs, accuracy, match_tolerance),
+                         accuracy_choice(accuracy))
     report.warnings += [f"{label} lacks {', '.join(tasks)}: its averages over them are NaN"
                         for label, tasks in missing_tasks(board).items()]
     unpretrained = int((~runs["pretrained"].astype(bool)).sum()) if "pretrained" in runs else 0

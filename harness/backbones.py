@@ -97,10 +97,9 @@ def _micro_cfg(name: str) -> dict:
                 classifier="head", license="apache-2.0")
 
 
-default_cfgs = generate_default_cfgs({
-    f"vit_micro_small_patch4_32.{PRETRAIN_TAG}": _micro_cfg("vit_micro_small_patch4_32"),
-    f"vit_micro_base_patch4_32.{PRETRAIN_TAG}": _micro_cfg("vit_micro_base_patch4_32"),
-})
+MICRO_VITS = ("vit_micro_small_patch4_32", "vit_micro_small_plus_patch4_32", "vit_micro_medium_patch4_32",
+              "vit_micro_base_patch4_32")
+default_cfgs = generate_default_cfgs({f"{name}.{PRETRAIN_TAG}": _micro_cfg(name) for name in MICRO_VITS})
 
 
 def shipped_weights(name: str) -> Path:
@@ -141,6 +140,22 @@ def vit_micro_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTrans
     """Micro ViT-S-like backbone for 32x32 images (dim 48, 3 heads, depth 12)."""
     args = dict(img_size=32, patch_size=4, embed_dim=48, depth=12, num_heads=3)
     return _create_micro_vit("vit_micro_small_patch4_32", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vit_micro_small_plus_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Micro ViT between S and medium for 32x32 images (dim 56, 4 heads, depth 12): as fast as micro-B under
+    token merging at ``high`` (``benchmarks/micro_family.py``), the small model matched to it."""
+    args = dict(img_size=32, patch_size=4, embed_dim=56, depth=12, num_heads=4)
+    return _create_micro_vit("vit_micro_small_plus_patch4_32", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vit_micro_medium_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Micro ViT-Medium-like backbone for 32x32 images (dim 80, 5 heads, depth 12): as fast as micro-B under
+    token merging at ``low`` (``benchmarks/micro_family.py``)."""
+    args = dict(img_size=32, patch_size=4, embed_dim=80, depth=12, num_heads=5)
+    return _create_micro_vit("vit_micro_medium_patch4_32", pretrained, **dict(args, **kwargs))
 
 
 @register_model

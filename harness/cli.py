@@ -134,6 +134,8 @@ Other commands:
 
 
 DEFAULTS = presets.load("defaults")
+# harness.report.MATCH_TOLERANCE, not imported here: pandas loads only for the report (a test checks they agree).
+MATCH_TOLERANCE = 0.10
 
 
 @main.command("run", cls=RunCommand, context_settings=CONTEXT, epilog=RUN_EPILOG)
@@ -248,6 +250,9 @@ DEFAULTS = presets.load("defaults")
               help="Run again the runs that failed (by default a sweep run again skips them, except those cut "
                    "short: died, interrupted, or whose data could not be read).")
 @click.option("--force", is_flag=True, help="Rerun configs that already have a finished result file.")
+@click.option("--report/--no-report", "write_report", default=DEFAULTS["report"], show_default=True,
+              help="End with the report of --out (leaderboard, Pareto plots, Adverse Compression verdicts) in "
+                   "<out>/report, as `python run.py report <out>` writes it.")
 @click.option("--list", "list_only", is_flag=True, help="List methods, tasks, task groups and backbones, then exit.")
 @click.option("--dry-run", is_flag=True, help="Print the run plan, with each run's estimated time, without running it.")
 @click.option("--no-estimate", is_flag=True,
@@ -309,8 +314,8 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
           isolate: bool, slurm_partition: str | None, slurm_time: str, slurm_gpus_per_job: int,
           slurm_cpus_per_job: int | None, slurm_array_parallelism: int, slurm_account: str | None,
           slurm_opt: tuple[str, ...], slurm_cluster: str, wait: bool, checkpoint_every: int, timeout: float | None,
-          rerun_failed: bool, force: bool, list_only: bool, dry_run: bool, no_estimate: bool, train_defaults: dict,
-          list_presets: bool) -> int:
+          rerun_failed: bool, force: bool, write_report: bool, list_only: bool, dry_run: bool, no_estimate: bool,
+          train_defaults: dict, list_presets: bool) -> int:
     plugin_sources = [source for value in plugins for source in _split(value)]
     registry.load_plugins(plugin_sources)
     if list_only or list_presets:
@@ -397,6 +402,9 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed in {time.perf_counter() - started:.0f}s "
                f"(runs: {describe(took)}, {guess}). "
                f"Per-run files: {out}/*.json; all runs: {csv_path}")
+    if write_report and len(failed) < len(records):
+        click.echo(f"\nReport of {out}/ (python run.py report {out}):")
+        _report((out,), None, (), None, False, "best", MATCH_TOLERANCE, ())
     return 1 if failed else 0
 
 
@@ -533,8 +541,7 @@ def _migrate(runs: tuple[Path, ...], plugins: tuple[str, ...]) -> int:
                    "periodic test evaluation, as PYRA and V-PETL Bench report), last (test_acc_last, free of test "
                    "selection) or at-best-val (test_acc_at_best_val: test accuracy at the best val evaluation of "
                    "runs trained with --selection val; other runs are skipped).")
-# harness.report.MATCH_TOLERANCE, not imported here: pandas loads only for the report (a test checks it).
-@click.option("--match-tolerance", type=click.FloatRange(min=0), default=0.10, show_default=True,
+@click.option("--match-tolerance", type=click.FloatRange(min=0), default=MATCH_TOLERANCE, show_default=True,
               help="Adverse Compression: a verdict only for pairs whose small model runs within this fraction of "
                    "the compressed model's throughput (matched_throughput_ratio 0.9-1.1 by default); others are "
                    "'unmatched (ratio x)'.")
@@ -601,3 +608,6 @@ def _print_suite(result: SuiteReport) -> None:
         click.echo(f"\nBaseline {result.baseline}")
     click.echo(f"\nWrote {len(result.written)} files to {result.folder}/: "
                + ", ".join(path.name for path in result.written))
+    plot = result.folder / "pareto_throughput.png"
+    if plot in result.written:
+        click.echo(f"Pareto plot (accuracy vs throughput): {plot}")

@@ -121,7 +121,9 @@ class TaskData:
     ``trainval`` is one split holding train + val where the data ships it as one list (VTAB-1k's
     ``train800val200.txt``); ``train`` and ``val`` may then be None. ``identity`` says where the data came from
     (recorded in every run; its ``fingerprint`` is part of the run key), and ``problem``, when set, why the task
-    cannot run: its runs are recorded as failed with that reason and the other tasks go on.
+    cannot run: its runs are recorded as failed with that reason and the other tasks go on. ``default_lr`` is the
+    task's learning rate by what a method trains (:data:`harness.vocabulary.TRAINS`; a kind it leaves out, or
+    None, gets :class:`harness.train.TrainConfig`'s); ``--lr`` overrides it.
     """
 
     train: Split | None
@@ -131,6 +133,7 @@ class TaskData:
     image_size: int | None
     default_backbone: str | None
     default_epochs: int = 100
+    default_lr: dict[str, float] | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     trainval: Split | None = None

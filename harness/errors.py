@@ -1,6 +1,12 @@
 """Errors that reach the user as one clear line instead of a traceback."""
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: text`` on one line, however many lines the text has."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class UserError(Exception):
     """Bad input: the message names the problem and the fix. The CLI prints it and exits with code 2."""
 

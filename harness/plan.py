@@ -15,7 +15,7 @@ from .adapt import adapt
 from .backbones import known_backbone_named, pretrained_cfg, smaller_in_family
 from .config import DataConfig, RunConfig
 from .data import TaskData, check_task, content_identity
-from .errors import BadOption, UserError
+from .errors import BadOption, UserError, one_line
 from .vocabulary import NONE, SMALL_MODEL_BASELINE
 from .measure import MeasureConfig
 from .preflight import preflight
@@ -125,10 +125,12 @@ def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequ
         data = data_config(task, task_backbone, img_size, normalization, train_overrides.get("selection") or "test")
         epochs = train_overrides.get("epochs") or task.default_epochs
         defaults = {"epochs": epochs, "warmup_epochs": round(epochs / 10), "eval_every": max(1, epochs // 10)}
-        train = TrainConfig(**{**defaults, **{k: v for k, v in train_overrides.items() if v is not None}})
-        if train.warmup_epochs > train.epochs:
-            raise UserError(f"--warmup-epochs {train.warmup_epochs} exceeds --epochs {train.epochs}")
+        given = {k: v for k, v in train_overrides.items() if v is not None}
+        if given.get("warmup_epochs", 0) > epochs:
+            raise UserError(f"--warmup-epochs {given.get('warmup_epochs')} exceeds --epochs {epochs}")
         for spec in specs:
+            lr = (task.default_lr or {}).get(spec.trains)
+            train = TrainConfig(**{**defaults, **({"lr": lr} if lr else {}), **given})
             levels = list(compressions or default_compression()) if spec.compresses else [NONE]
             for level in levels:
                 if usable:
@@ -171,14 +173,8 @@ def _check_adapts(method: str, compression: str, backbone: str, img_size: int, n
             raise
         except Exception as exc:
             raise UserError(f"method '{method}' (plugin {registry.get_method(method).source}) failed while adapting "
-                            f"{backbone} at level {compression}: {_one_line(exc)}; fix the plugin or drop it from "
+                            f"{backbone} at level {compression}: {one_line(exc)}; fix the plugin or drop it from "
                             f"--methods") from exc
-
-
-def _one_line(exc: Exception) -> str:
-    """``Type: text`` on one line, however many lines the text has."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def describe_plan(configs: Sequence[RunConfig], seconds: dict[str, float] | None = None,

@@ -1,6 +1,6 @@
 """Pretrain the micro ViTs on a formula-driven corpus, so the offline suite measures real adaptation.
 
-    python -m harness.pretrain [--backbones vit_micro_base_patch4_32,vit_micro_small_patch4_32] [--out DIR]
+    python -m harness.pretrain [--backbones vit_micro_base_patch4_32,vit_micro_medium_patch4_32,...] [--out DIR]
 
 The corpus is formula-driven (FDSL: every class is a formula, every image one render of it), in three families
 of equal size, each image in two random colours with pixel noise:
@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from .backbones import PRETRAIN_CLASSES, WEIGHTS_DIR, create_backbone
+from .backbones import MICRO_VITS, PRETRAIN_CLASSES, WEIGHTS_DIR, create_backbone
 from .data import Normalize
 from .measure import count_parameters
 from .results import cpu_model
@@ -353,7 +353,7 @@ def load_probe(folder: Path = WEIGHTS_DIR) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", default="vit_micro_base_patch4_32,vit_micro_small_patch4_32")
+    parser.add_argument("--backbones", default=",".join(reversed(MICRO_VITS)), help="default: every micro ViT")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--epochs", type=int, default=PretrainRecipe.epochs)
     parser.add_argument("--device", default="cpu")

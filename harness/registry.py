@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Callable, Iterable, Sequence
 
 from .errors import UserError
-from .vocabulary import ROLES, group_rank
+from .vocabulary import ROLES, TRAINS, group_rank
 
 ENTRY_POINT_GROUP = "adaptbench.plugins"
 # What the runner can hand a method while it adapts, by keyword, when the method asks for it at registration:
@@ -40,6 +40,7 @@ class MethodSpec:
     which also fixes a method's plot style) travel in every run record as ``method_info``, so the report
     needs no registry. ``context`` names what the runner hands the method besides the model (see
     :data:`RUN_CONTEXT`). ``source`` is the file that defines ``fn``, for messages that name the plugin.
+    ``trains`` (one of :data:`harness.vocabulary.TRAINS`) picks the learning rate a task's recipe gives it.
     """
 
     name: str
@@ -50,6 +51,7 @@ class MethodSpec:
     role: str | None = None
     order: int | None = None
     context: tuple[str, ...] = ()
+    trains: str = "adapters"
 
     def info(self) -> dict:
         """What a run record says of its method."""
@@ -107,16 +109,19 @@ def _check_free(registry: dict, kind: str, name: str, fn: Callable) -> None:
 
 
 def register_method(name: str, *, compresses: bool = False, role: str | None = None, order: int | None = None,
-                    context: Sequence[str] = (), description: str | None = None) -> Callable:
+                    context: Sequence[str] = (), trains: str = "adapters", description: str | None = None) -> Callable:
     """Decorator: register ``fn(model, compression=None, **options) -> nn.Module`` as method ``name``.
 
     ``compresses`` says whether the method accepts a compression level; methods that do not reject one.
     ``role`` says what the method is for in the analysis (:data:`harness.vocabulary.ROLES`: the speed-up
     ``"reference"``, the ``"small-model baseline"`` of the Adverse Compression test); ``order`` places it in
     tables and plots (methods without one follow, by name). ``context`` lists the run context the method is
-    handed as keyword arguments (:data:`RUN_CONTEXT`). The description shown by ``--list`` defaults to the first
-    line of the function's docstring.
+    handed as keyword arguments (:data:`RUN_CONTEXT`). ``trains`` says what it trains (:data:`TRAINS`:
+    ``"adapters"``, the default, or ``"all"`` for full fine-tuning), so a task's recipe can give each its learning
+    rate. The description shown by ``--list`` defaults to the first line of the function's docstring.
     """
+    if trains not in TRAINS:
+        raise ValueError(f"trains must be one of {', '.join(map(repr, TRAINS))}, not {trains!r}")
     if role is not None and role not in ROLES:
         raise ValueError(f"method role must be one of {', '.join(map(repr, ROLES))} or None, not {role!r}")
     unknown = [item for item in context if item not in RUN_CONTEXT]
@@ -126,7 +131,7 @@ def register_method(name: str, *, compresses: bool = False, role: str | None = N
     def decorate(fn: Callable) -> Callable:
         _check_free(_METHODS, "method", name, fn)
         _METHODS[name] = MethodSpec(name, fn, description or _first_doc_line(fn), compresses, _defined_in(fn),
-                                    role, order, tuple(context))
+                                    role, order, tuple(context), trains)
         return fn
 
     return decorate

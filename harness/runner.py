@@ -33,7 +33,7 @@ from .checkpoint import Checkpointer
 from .claims import owner_summary, this_process
 from .config import RunConfig
 from .data import TaskData
-from .errors import RunFailed, RunTimeout, UserError
+from .errors import RunFailed, RunTimeout, UserError, one_line
 from .measure import steady_host_allocator
 from .pipeline import Log, noisy_refusal, train_and_measure
 from .progress import SweepProgress
@@ -159,8 +159,7 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
     except UserError as exc:
         record.update(status=STATUS_FAILED, failure="error", reason=str(exc))
     except Exception as exc:  # one broken run must not stop the others; the traceback is kept in the file
-        record.update(status=STATUS_FAILED, failure="error", reason=f"{type(exc).__name__}: {exc}",
-                      traceback=traceback.format_exc())
+        record.update(status=STATUS_FAILED, failure="error", reason=one_line(exc), traceback=traceback.format_exc())
     finally:
         record["wall_seconds"] = time.perf_counter() - started
         if record["status"] != STATUS_OK:

@@ -5,6 +5,8 @@
 - Roles: what a method is *for* in the analysis, declared when it registers and read by the report from each run
   record, so the report never needs to know a method by name: a third-party method declared as the small-model
   baseline is paired by the Adverse Compression test exactly as a built-in one would be.
+- What a method trains (``adapters`` or ``all``), declared when it registers: a task's recipe can give PEFT and
+  full fine-tuning their own learning rates without naming a method.
 - Groups: VTAB-1k's three task groups, which sort first; a task's group is otherwise free-form, or none.
 """
 from __future__ import annotations
@@ -20,6 +22,12 @@ ROLES = {
                "without one, the first uncompressed method in display order)",
     SMALL_MODEL_BASELINE: "a smaller backbone fine-tuned to the compressed model's throughput: the partner of "
                           "every compressed method in the Adverse Compression test, never a speed-up reference",
+}
+
+# What a method trains, declared when it registers: a task's recipe may give each its own learning rate.
+TRAINS = {
+    "adapters": "a few parameters on a frozen backbone (LoRA and its relatives, a head, biases): PEFT",
+    "all": "every weight of the backbone (full fine-tuning)",
 }
 
 VTAB_GROUPS = ("natural", "specialized", "structured")

@@ -17,11 +17,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 import harness
 from harness.data import ArrayDataset, TaskData, cached_arrays, fingerprint
+from harness.presets import tomllib
 
 SIZE = 32
 CANVAS = 2 * SIZE
 TRAIN, VAL, TEST = 800, 200, 500
-DEFAULT_EPOCHS = 3
+with open(Path(__file__).with_suffix(".toml"), "rb") as _handle:
+    RECIPE = tomllib.load(_handle)  # epochs, and the learning rate by what a method trains
 BACKBONE = "vit_micro_base_patch4_32"
 VERSION = "v2"  # bump when a generator changes, so stale caches are not reused
 
@@ -32,8 +34,8 @@ def _task_data(name: str, seed: int, build: Callable[[], dict[str, np.ndarray]],
     arrays = cached_arrays(cache_name, build)
     splits = {split: ArrayDataset(arrays[f"{split}_x"], arrays[f"{split}_y"]) for split in ("train", "val", "test")}
     identity = {"generator": cache_name, "seed": seed, "fingerprint": fingerprint([cache_name, str(seed)])}
-    return TaskData(splits["train"], splits["val"], splits["test"], num_classes, SIZE, BACKBONE, DEFAULT_EPOCHS,
-                    identity=identity)
+    return TaskData(splits["train"], splits["val"], splits["test"], num_classes, SIZE, BACKBONE, RECIPE["epochs"],
+                    default_lr=dict(RECIPE["lr"]), identity=identity)
 
 
 def _split(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:

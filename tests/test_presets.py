@@ -106,3 +106,37 @@ def test_the_preset_reaches_the_plan_and_list_names_every_file():
     assert "tome@high / count / vit_base_patch16_224.orig_in21k" in result.output
     listing = CliRunner().invoke(main, ["--preset", "list"]).output
     assert all(path.stem in listing for path in PAPER) and len(PAPER) == 3
+
+
+def test_the_offline_recipe_gives_each_kind_of_method_the_learning_rate_its_file_lists():
+    import tomllib
+    from pathlib import Path
+
+    import torch
+
+    import harness
+    from harness.plan import load_tasks, plan_runs
+
+    harness.load_plugins()
+    recipe = tomllib.loads((Path(harness.__file__).parents[1] / "tasks" / "offline.toml").read_text())
+    tasks = load_tasks(["count"], None)
+    plan = {config.method: config.train for config in plan_runs(
+        ["full_ft", "lora", "tome"], tasks, seeds=[0], compressions=["high"], backbone=None, pretrained=None,
+        device=torch.device("cpu"), train_overrides={})}
+    assert plan["full_ft"].lr == recipe["lr"]["all"] and plan["lora"].lr == plan["tome"].lr == recipe["lr"]["adapters"]
+    assert {train.epochs for train in plan.values()} == {recipe["epochs"]}
+    given = plan_runs(["full_ft", "lora"], tasks, seeds=[0], compressions=None, backbone=None, pretrained=None,
+                      device=torch.device("cpu"), train_overrides={"lr": 3e-4})
+    assert [config.train.lr for config in given] == [3e-4, 3e-4]  # --lr overrides the recipe
+
+
+def test_a_method_declares_what_it_trains():
+    import pytest
+
+    import harness
+    from harness import registry
+
+    harness.load_plugins()
+    assert registry.get_method("full_ft").trains == "all" and registry.get_method("lora").trains == "adapters"
+    with pytest.raises(ValueError, match="trains must be one of"):
+        harness.register_method("half", trains="half")

@@ -10,7 +10,7 @@ from harness.pretrain import (PretrainRecipe, load_probe, make_corpus, mimetic_i
                               save_probe)
 
 TINY = PretrainRecipe(classes_per_family=2, images_per_class=12, batch_size=8, epochs=1, probe_per_class=2)
-MICRO_BACKBONES = ("vit_micro_small_patch4_32", "vit_micro_base_patch4_32")
+MICRO_BACKBONES = backbones.MICRO_VITS
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,8 @@ def test_offline_default_adapts_the_shipped_pretrained_backbones():
 
     plan = CliRunner().invoke(main, ["--dry-run", "--tasks", "count"]).output
     assert "vit_micro_base_patch4_32" in plan and "pretrained=True" in plan and "pretrained=False" not in plan
+
+
+def test_the_shipped_family_stays_small_enough_to_ship():
+    sizes = {name: backbones.shipped_weights(name).stat().st_size for name in MICRO_BACKBONES}
+    assert len(sizes) >= 3 and sum(sizes.values()) <= 15e6, sizes

@@ -388,3 +388,13 @@ def test_on_a_terminal_progress_is_a_bar_over_the_sweep_and_one_over_the_epochs(
     progress.close()
     err = capsys.readouterr()
     assert "sweep" in err.err and "ETA 5 s" in err.err and "FAILED (error): x" in err.out
+
+
+def test_local_workers_on_a_gpu_machine_get_one_gpu_each(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    spread = runner.LocalExecutor(3, {}, RunStore(tmp_path), torch.device("cuda"), [], None)
+    slots = [spread._environment(slot) for slot in range(3)]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env, _ in slots] == ["0", "1", "0"]
+    assert {device for _, device in slots} == {"cuda:0"}  # each worker sees its one GPU as cuda:0
+    pinned = runner.LocalExecutor(2, {}, RunStore(tmp_path), torch.device("cuda", 1), [], None)
+    assert [pinned._environment(slot)[0]["CUDA_VISIBLE_DEVICES"] for slot in range(2)] == ["1", "1"]

@@ -317,8 +317,12 @@ def run_all(configs: Sequence[RunConfig], store: RunStore, executor: Executor, *
                 records[config.key] = record
                 progress.finished(config, record)
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(run, todo))
+    if parallel == 1:  # in this thread: torch's CPU thread pool belongs to it, and a second one would halve speed
+        for config in todo:
+            run(config)
+    else:  # the threads only wait for worker processes
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(run, todo))
     announced = set()
     while waiting:
         config = waiting.pop(0)

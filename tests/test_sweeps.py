@@ -398,3 +398,20 @@ def test_local_workers_on_a_gpu_machine_get_one_gpu_each(monkeypatch, tmp_path):
     assert {device for _, device in slots} == {"cuda:0"}  # each worker sees its one GPU as cuda:0
     pinned = runner.LocalExecutor(2, {}, RunStore(tmp_path), torch.device("cuda", 1), [], None)
     assert [pinned._environment(slot)[0]["CUDA_VISIBLE_DEVICES"] for slot in range(2)] == ["1", "1"]
+
+
+def test_an_inline_sweep_runs_in_the_calling_thread(tmp_path):
+    """torch's CPU thread pool belongs to the thread that first computes: runs in another thread after any torch
+    work in this one (the plan's estimate) ran a third slower on 2 cores."""
+    import threading
+
+    threads = []
+
+    def executor(config):
+        threads.append(threading.current_thread())
+        return {"key": config.key, "config": config.to_dict(), "status": STATUS_FAILED, "reason": "stub"}
+
+    configs = configs_of(2)
+    runner.run_all(configs, RunStore(tmp_path), executor, progress=SweepProgress(configs, log=lambda line: None,
+                                                                                    bar=False))
+    assert threads == [threading.main_thread()] * 2

@@ -5,7 +5,9 @@ ViT for the big one). With a compression level it measures, on the model's devic
 the big model compressed by ``tome`` at that level and of every smaller backbone of the family, picks the
 smaller backbone whose throughput is closest, and records the matched throughput ratio in the result row. The
 throughputs are timed under the run's own timing settings (batch, precision, compile, repeats), so the match
-holds for the figures the report compares.
+holds for the figures the report compares. They do not depend on the task (only the head's width differs), so
+a process times each (backbone, input size, level, timing settings, device) once and its later runs reuse the
+figures (:data:`MATCHES`); a fresh process (``--executor local``) times them again.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ import harness
 from harness.backbones import KNOWN_BACKBONES, create_backbone, known_backbone, smaller_in_family
 from harness.compression import resolve_schedule
 from harness.measure import MeasureConfig, deployed_throughput
+
+
+# Throughputs timed in this process: key -> (the compressed model's, {candidate: its}).
+MATCHES: dict[tuple, tuple[float, dict[str, float]]] = {}
 
 
 def smaller_backbones(model: nn.Module) -> list[str]:
@@ -68,9 +74,13 @@ def small_peft(model: nn.Module, compression: object = None, rank: int | None = 
         device = next(model.parameters()).device
         # The timing models draw random weights and inputs; the chosen model must start as the seed alone says.
         cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            target = _throughput(harness.adapt(copy.deepcopy(model), "tome", compression), measure)
-            timed = {name: _throughput(_like(model, name), measure) for name in candidates}
+        key = (info["reference_backbone"], model.patch_embed.img_size[0], str(compression), measure, str(device),
+               tuple(candidates))
+        if key not in MATCHES:
+            with torch.random.fork_rng(devices=cuda):
+                MATCHES[key] = (_throughput(harness.adapt(copy.deepcopy(model), "tome", compression), measure),
+                                {name: _throughput(_like(model, name), measure) for name in candidates})
+        target, timed = MATCHES[key]
         best = min(timed, key=lambda name: abs(timed[name] / target - 1))
         chosen = _like(model, best)
         info.update(matched_throughput_ratio=timed[best] / target, compressed_reference_img_per_s=target)

@@ -93,7 +93,7 @@ def test_failed_run_is_recorded_and_others_go_on(plugin_file, tmp_path):
     (["--tasks", "cifar100"], "error: VTAB-1k task 'cifar100' needs its data on disk: pass --data-root"),
     (["--device", "cuda:0"], "no CUDA device is available") if not __import__("torch").cuda.is_available() else
     (["--device", "tpu"], "unsupported --device"),
-    (["--compression", "high"], "none of full_ft, lora compresses"),
+    (["--methods", "full_ft,lora", "--compression", "high"], "none of full_ft, lora compresses"),
     (["--methods", "tome", "--compression", "medium"], "unknown compression 'medium'"),
     (["--methods", "tome", "--compression", "[1,2]"], "compression list has 2 entries"),
     (["--plugins", "/nonexistent/plugin.py"], "error: plugin file not found: /nonexistent/plugin.py"),
@@ -130,8 +130,9 @@ def test_output_path_that_is_a_file_is_not_writable(tmp_path):
 def test_list_and_dry_run():
     listing = invoke("--list").output
     assert "lora" in listing and "vit_micro_base_patch4_32" in listing and "offline-structured" in listing
-    plan = invoke("--dry-run", "--tasks", "count", "--seeds", "0,1", "--epochs", "2").output
-    assert plan.count("lora / count") == 2 and "epochs=2" in plan and "[4/4]" in plan
+    plan = invoke("--dry-run", "--tasks", "count", "--seeds", "0,1", "--epochs", "2", "--no-estimate").output
+    assert plan.count("lora / count") == 2 and "epochs=2" in plan and "[8/8]" in plan  # 4 default methods
+    assert plan.count("@high / count") == 6  # tome, pyra and small_peft, each at the default level
 
 
 def test_help_names_every_option():

@@ -63,7 +63,8 @@ def test_the_dry_run_prints_the_estimate_and_the_run_compares_it_with_the_truth(
     dry = CliRunner().invoke(main, [*common, "--dry-run"])
     assert dry.exit_code == 0 and "Estimated wall time on cpu:" in dry.output and " s  -> " in dry.output
     result = CliRunner().invoke(main, common)
-    assert result.exit_code == 0 and "estimated" in result.output.splitlines()[-1]
+    summary = next(line for line in result.output.splitlines() if " ok, " in line)
+    assert result.exit_code == 0 and "estimated" in summary
 
 
 def test_cpu_steps_are_extended_along_the_line_through_two_small_batches():

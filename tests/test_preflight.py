@@ -170,4 +170,4 @@ def test_micro_vits_still_load_their_shipped_weights_and_small_peft_needs_no_hub
     shipped = timm.create_model("vit_micro_base_patch4_32", pretrained=True)
     assert torch.equal(big.blocks[5].mlp.fc2.weight, shipped.blocks[5].mlp.fc2.weight)
     small = harness.adapt(big, "small_peft")  # its smaller backbone resolves through the same local lookup
-    assert small.adaptbench_info["small_backbone"] == MICRO
+    assert small.adaptbench_info["small_backbone"] == "vit_micro_medium_patch4_32"

@@ -155,9 +155,9 @@ def test_lora_merges_inside_a_patched_model():
 def test_small_peft_takes_the_next_smaller_backbone_with_lora():
     big = timm.create_model("vit_micro_base_patch4_32", num_classes=7)
     small = harness.adapt(big, "small_peft")
-    assert small is not big and small.embed_dim == 48 and small.num_classes == 7
-    assert small.adaptbench_info["small_backbone"] == "vit_micro_small_patch4_32"
-    assert small.adaptbench_info["added_params"] == 12 * (48 * 4 + 4 * 144)
+    assert small is not big and small.embed_dim == 80 and small.num_classes == 7
+    assert small.adaptbench_info["small_backbone"] == "vit_micro_medium_patch4_32"
+    assert small.adaptbench_info["added_params"] == 12 * (80 * 4 + 4 * 240)  # rank 4 on each block's qkv
     assert {n for n, p in small.named_parameters() if p.requires_grad} == \
         {n for n, _ in small.named_parameters() if ".lora_" in n or n.startswith("head.")}
 
@@ -166,7 +166,7 @@ def test_small_peft_takes_the_next_smaller_backbone_with_lora():
 def test_small_peft_is_pretrained_exactly_when_the_big_backbone_is(pretrained):
     big = harness.create_backbone("vit_micro_base_patch4_32", 3, pretrained=pretrained)
     small = harness.adapt(big, "small_peft")
-    shipped = timm.create_model("vit_micro_small_patch4_32", pretrained=True)
+    shipped = timm.create_model("vit_micro_medium_patch4_32", pretrained=True)
     same = torch.equal(small.blocks[0].mlp.fc1.weight, shipped.blocks[0].mlp.fc1.weight)
     assert same is pretrained
 
@@ -179,10 +179,20 @@ def test_small_peft_matches_throughput_when_compressed_and_records_the_ratio():
     big.adaptbench_pretrained = False  # as create_backbone marks a model built without weights
     small = harness.adapt(big, "small_peft", compression="high", measure=QUICK_TIMING)
     info = small.adaptbench_info
-    assert info["small_backbone"] == "vit_micro_small_patch4_32" and info["matched_throughput_ratio"] > 0
+    smaller = {"vit_micro_medium_patch4_32", "vit_micro_small_plus_patch4_32", "vit_micro_small_patch4_32"}
+    assert info["small_backbone"] in smaller and small.pretrained_cfg["architecture"] == info["small_backbone"]
+    assert info["matched_throughput_ratio"] > 0 and info["compressed_reference_img_per_s"] > 0
 
 
-def test_small_peft_throughput_matching_leaves_the_seeded_start_unchanged():
+def test_small_peft_throughput_matching_leaves_the_seeded_start_unchanged(monkeypatch):
+    """Timing builds the compressed model and every candidate from random weights; the chosen model still starts
+    as the seed alone says. The (fake) speeds make the match the next smaller size, the unmatched choice."""
+    speeds = {96: 900.0, 80: 900.0, 56: 2000.0, 48: 3000.0}
+    method_globals = registry.get_method("small_peft").fn.__globals__
+    monkeypatch.setitem(method_globals, "deployed_throughput", lambda model, image_size, device, settings,
+                        batch_size=None: Throughput(speeds[model.embed_dim], 0.0, 1, settings.batches[0]))
+    monkeypatch.setitem(method_globals, "MATCHES", {})
+
     def adapted(compression):
         big = timm.create_model("vit_micro_base_patch4_32", num_classes=3)
         torch.manual_seed(0)
@@ -194,20 +204,29 @@ def test_small_peft_throughput_matching_leaves_the_seeded_start_unchanged():
         assert torch.equal(a, b), name
 
 
-def test_small_peft_times_candidates_under_the_runs_own_timing_settings(monkeypatch):
+def test_small_peft_times_candidates_under_the_runs_own_timing_settings_once_a_process(monkeypatch):
     timed = []
     method_globals = registry.get_method("small_peft").fn.__globals__
+    speeds = {96: 900.0, 80: 700.0, 56: 950.0, 48: 1300.0}  # micro-B (under tome), medium, small-plus, small
 
     def fake_throughput(model, image_size, device, settings, batch_size=None):
         timed.append(settings)
-        return Throughput(1000.0 if model.embed_dim == 48 else 900.0, 0.0, 1, settings.batches[0])
+        return Throughput(speeds[model.embed_dim], 0.0, 1, settings.batches[0])
 
     monkeypatch.setitem(method_globals, "deployed_throughput", fake_throughput)
+    monkeypatch.setitem(method_globals, "MATCHES", {})
     settings = MeasureConfig(batches=(16,), precision="bf16", compile=True)
     small = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=3), "small_peft",
                           compression="high", measure=settings)
-    assert timed == [settings, settings]  # the compressed reference, then the one smaller backbone
-    assert small.adaptbench_info["matched_throughput_ratio"] == pytest.approx(1000.0 / 900.0)
+    assert timed == [settings] * 4  # the compressed reference, then each of the three smaller sizes
+    assert small.adaptbench_info["small_backbone"] == "vit_micro_small_plus_patch4_32"
+    assert small.adaptbench_info["matched_throughput_ratio"] == pytest.approx(950.0 / 900.0)
+    again = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=5), "small_peft",
+                          compression="high", measure=settings)
+    assert len(timed) == 4 and again.adaptbench_info == small.adaptbench_info  # another task: timed once
+    harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=5), "small_peft", compression="low",
+                  measure=settings)
+    assert len(timed) == 8  # another level is another match
 
 
 def test_small_peft_refuses_the_smallest_backbone():
@@ -232,6 +251,7 @@ def test_small_peft_picks_the_closest_throughput_size_of_a_family_of_three(monke
         return Throughput(speeds[model.embed_dim], 0.0, 1, settings.batches[0])
 
     monkeypatch.setitem(registry.get_method("small_peft").fn.__globals__, "deployed_throughput", fake_throughput)
+    monkeypatch.setitem(registry.get_method("small_peft").fn.__globals__, "MATCHES", {})
     big = timm.create_model("vit_micro_base_patch4_32", num_classes=3)
     big.adaptbench_pretrained = False  # as create_backbone marks a model built without weights
     small = harness.adapt(big, "small_peft", compression="high", measure=QUICK_TIMING)

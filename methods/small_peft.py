@@ -1,7 +1,7 @@
 """Small-model PEFT: LoRA on a smaller backbone of the same family, the baseline that defines Adverse Compression.
 
-Uncompressed (``none``) it takes the next smaller backbone (ViT-S for ViT-B, ViT-B for ViT-L, the small micro
-ViT for the big one). With a compression level it measures, on the model's device, the inference throughput of
+Uncompressed (``none``) it takes the next smaller backbone (ViT-S for ViT-B, ViT-B for ViT-L, micro-medium
+for micro-B). With a compression level it measures, on the model's device, the inference throughput of
 the big model compressed by ``tome`` at that level and of every smaller backbone of the family, picks the
 smaller backbone whose throughput is closest, and records the matched throughput ratio in the result row. The
 throughputs are timed under the run's own timing settings (batch, precision, compile, repeats), so the match

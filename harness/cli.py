@@ -260,8 +260,10 @@ MATCH_TOLERANCE = 0.10
 def run(**options: object) -> None:
     """Adapt pretrained ViTs with each method on each task, then measure accuracy, speed, memory and FLOPs.
 
-    With no options it runs the offline default: full fine-tuning and LoRA on the embedded task suite,
-    on the CPU in a few minutes. Each run writes one JSON file to --out; results.csv aggregates them.
+    With no options it runs the offline default on the CPU in about five minutes: LoRA, tome and PYRA at high
+    compression and the small model matched to them in speed, on the embedded task suite, then the report
+    (leaderboard, Pareto plot, Adverse Compression verdict). Each run writes one JSON file to --out;
+    results.csv aggregates them.
     Exit code: 0 all runs ok, 1 some run failed (recorded with its reason), 2 bad input.
     """
     _exit_with(lambda: _main(**_with_preset(options)))

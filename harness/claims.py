@@ -153,10 +153,6 @@ class Claims:
         return Claim(self.path(stem), self.lock, token)
 
 
-def claim_stems(folder: Path) -> list[str]:
-    return sorted(path.name[:-len(CLAIM_SUFFIX)] for path in Path(folder).glob(f"*{CLAIM_SUFFIX}"))
-
-
 def owner_summary(owner: dict) -> str:
     """One line of what a live claim says: who runs it and where its log is."""
     log = f", log {owner['log']}" if owner.get("log") else ""

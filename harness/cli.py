@@ -26,6 +26,7 @@ from .plan import NORMALIZATIONS, default_compression, describe_plan, load_tasks
 from .results import summary_table
 from .progress import SweepProgress
 from .runner import LocalExecutor, RunOptions, inline_executor, run_all, triage, worker_job
+from .slurm import CLUSTERS
 from .store import STATUS_OK, STATUS_RUNNING, RunStore
 from .train import SELECTIONS
 
@@ -237,7 +238,7 @@ MATCH_TOLERANCE = 0.10
 @click.option("--slurm-account", default=None, help="--executor slurm: the account to charge.")
 @click.option("--slurm-opt", multiple=True, metavar="KEY=VALUE",
               help="--executor slurm: any other sbatch option, e.g. constraint=h100 (repeatable).")
-@click.option("--slurm-cluster", type=click.Choice(["slurm", "local", "debug"]), default="slurm", hidden=True,
+@click.option("--slurm-cluster", type=click.Choice(CLUSTERS), default="slurm", hidden=True,
               help="submitit's executor: local and debug run the jobs on this machine (tests).")
 @click.option("--wait/--no-wait", default=False, show_default=True,
               help="--executor slurm: wait for the array to finish, then summarise; else return once submitted.")

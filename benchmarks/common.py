@@ -7,14 +7,23 @@ this file as ``common``.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
+import pandas as pd
 import torch
 from tabulate import tabulate
 
 import harness
+from harness.config import RunConfig
+from harness.data import TaskData
 from harness.measure import steady_host_allocator
+from harness.progress import SweepProgress
+from harness.results import flatten
+from harness.runner import inline_executor, run_all
+from harness.store import STATUS_OK, RunStore
 
 
 def make_parser(doc: str, backbone: str, *, device: bool = False) -> argparse.ArgumentParser:
@@ -68,3 +77,14 @@ def time_rounds(runs: dict[str, Callable[[], object]], rounds: int, *, warmup: i
 def print_table(rows: Sequence[Sequence], headers: Sequence[str]) -> None:
     """A GitHub-flavoured Markdown table, so the figures paste into the README and issues as they are."""
     print(tabulate(rows, headers=headers, tablefmt="github"))
+
+
+def run_grid(configs: list[RunConfig], tasks: dict[str, TaskData], out: Path, device: torch.device
+             ) -> tuple[pd.DataFrame, int]:
+    """Run ``configs`` through the harness like any sweep (one result file each in ``out``, reused when they
+    exist), printing progress lines; returns the ok runs' flattened rows and how many runs there were."""
+    log = functools.partial(print, flush=True)
+    store = RunStore(out)
+    records = run_all(configs, store, inline_executor(tasks, store, device, log),
+                      progress=SweepProgress(configs, log=log, bar=False))
+    return pd.DataFrame([flatten(record) for record in records if record["status"] == STATUS_OK]), len(records)

@@ -11,20 +11,14 @@ mean over seeds) per task and setting, the mean, and LoRA's gap to full fine-tun
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-import pandas as pd
 
 from harness import registry
 from harness.measure import MeasureConfig
 from harness.plan import load_tasks, plan_runs
-from harness.progress import SweepProgress
-from harness.results import flatten
-from harness.runner import inline_executor, run_all
-from harness.store import STATUS_OK, RunStore
 
-from common import make_parser, setup
+from common import make_parser, run_grid, setup
 
 QUICK = MeasureConfig(batches=(16,), warmup_seconds=0.1, repeats=3, attempts=1)
 
@@ -46,11 +40,7 @@ def main() -> None:
                for config in plan_runs([method], tasks, seeds=seeds, compressions=None, backbone=args.backbone,
                                        pretrained=None, device=device, train_overrides={"epochs": epochs, "lr": lr},
                                        measure=QUICK)]
-    log = functools.partial(print, flush=True)
-    store = RunStore(args.out)
-    records = run_all(configs, store, inline_executor(tasks, store, device, log),
-                      progress=SweepProgress(configs, log=log, bar=False))
-    frame = pd.DataFrame([flatten(record) for record in records if record["status"] == STATUS_OK])
+    frame, runs = run_grid(configs, tasks, args.out, device)
     frame["setting"] = frame["method"] + " lr " + frame["train_lr"].map("{:g}".format)
     table = frame.pivot_table(index="task", columns=["train_epochs", "setting"], values="test_acc_best",
                               aggfunc="mean")

@@ -9,19 +9,14 @@ gives per-task test accuracy (mean over seeds) pretrained vs random init and the
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pandas as pd
 
 from harness import registry
 from harness.plan import load_tasks, plan_runs
-from harness.progress import SweepProgress
-from harness.results import flatten
-from harness.runner import inline_executor, run_all
-from harness.store import STATUS_OK, RunStore
 
-from common import make_parser, setup
+from common import make_parser, run_grid, setup
 
 
 def main() -> None:
@@ -38,11 +33,7 @@ def main() -> None:
                for config in plan_runs(args.methods.split(","), tasks, seeds=[int(s) for s in args.seeds.split(",")],
                                        compressions=None, backbone=args.backbone, pretrained=pretrained,
                                        device=device, train_overrides={"epochs": args.epochs})]
-    log = functools.partial(print, flush=True)
-    store = RunStore(args.out)
-    records = run_all(configs, store, inline_executor(tasks, store, device, log),
-                      progress=SweepProgress(configs, log=log, bar=False))
-    frame = pd.DataFrame([flatten(record) for record in records if record["status"] == STATUS_OK])
+    frame, runs = run_grid(configs, tasks, args.out, device)
     table = frame.pivot_table(index=["method", "task"], columns="pretrained", values="test_acc_best", aggfunc="mean")
     table = table.rename(columns={True: "pretrained", False: "random init"})
     table["difference"] = table["pretrained"] - table["random init"]
@@ -50,7 +41,7 @@ def main() -> None:
     means.index = pd.MultiIndex.from_tuples([(method, "MEAN") for method in means.index], names=table.index.names)
     seeds = frame.groupby(["method", "pretrained"])["seed"].nunique().min()
     print(f"\n{args.backbone}, test accuracy % (best of the periodic evaluations), mean over {seeds} seed(s), "
-          f"{len(frame)} ok runs of {len(records)}:")
+          f"{len(frame)} ok runs of {runs}:")
     print(pd.concat([table, means]).round(1).reset_index().to_markdown(index=False))
 
 

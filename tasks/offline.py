@@ -113,7 +113,7 @@ class DigitStyle:
     """How a digit is rendered. The default is the task's: light ink on dark paper in random tints, the glyph
     filling the image (full fine-tuning 42.5 %, LoRA 55.6 % at the suite's recipe, seed 0). Ink and paper of any
     colours, as in v2, leave both within 12 points of chance (12.7 / 21.7 %); random polarity or random placement
-    each cost 8 to 15 points; black and white is easier (54.3 / 58.1 %) but loses SVHN's colour nuisance
+    each cost 8 to 17 points; white on black is easier (54.3 / 58.1 %) but loses SVHN's colour nuisance
     (benchmarks/digits_nuisance.py)."""
 
     paper: tuple[int, int] = (0, 90)  # range of each channel of the paper colour

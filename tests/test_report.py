@@ -272,6 +272,19 @@ def test_baseline_diff(tmp_path):
         report.baseline_diff(new, pd.DataFrame({"method": ["lora"]}))
 
 
+def test_baseline_pairs_rows_published_on_another_device(tmp_path):
+    old = report.leaderboard(report.load_runs([write_runs(tmp_path / "old", grid() + grid("full_ft"))])[0])
+    new = report.leaderboard(report.load_runs([write_runs(tmp_path / "new", grid(shift=2.0))])[0])
+    old["device_name"] = "AMD EPYC"
+    diff = report.baseline_diff(new, old).set_index(["method", "compression"])
+    assert diff["change"].to_dict() == {("full_ft", "none"): "removed", ("lora", "none"): "other device"}
+    lora = diff.loc[("lora", "none")]
+    assert lora["device_name"] == f"{new['device_name'].iloc[0]} (was AMD EPYC)"
+    assert lora["acc_mean_tasks_delta"] == pytest.approx(2.0)
+    summary = report.baseline_summary(diff.reset_index(), "old.csv")
+    assert "1 row(s) in both (1 on another device)" in summary and "0 added, 1 removed" in summary
+
+
 def test_provenance_groups_environments_and_lists_every_run(tmp_path):
     records = grid() + [dict(r, environment={**r["environment"], "torch": "3.y", "date": "2026-02-02T00:00:00+00:00"})
                         for r in grid("tome", "high")]

@@ -32,7 +32,9 @@ def _check_leaderboard(old: pd.DataFrame, what: str) -> None:
 def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None = None) -> pd.DataFrame:
     """The new leaderboard against an old leaderboard CSV, matched on the row key: for each of
     :data:`BASELINE_METRICS` the old value, the new one and new - old; ``change`` says ``added`` (new only),
-    ``removed`` (old only) or ``both``. An old CSV with a ``suite`` column is compared on this suite's rows.
+    ``removed`` (old only), ``both``, or ``other device``: a row only the new board has and one only the old board
+    has that differ in nothing but the device (a board republished on another machine); its ``device_name`` reads
+    ``new (was old)``, and its throughput delta compares two machines. An old CSV with a ``suite`` column is compared on this suite's rows.
     Rows are in the display order of ``methods`` (the new runs' :class:`Methods`); a method only the old board
     has follows the ordered ones, by name. Unless both boards hold the default accuracy, ``accuracy_old`` and
     ``accuracy_new`` (after ``change``) name each board's (:func:`~.schema.accuracy_of`; see
@@ -48,6 +50,7 @@ def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None 
         sides.append(side)
     merged = sides[0].merge(sides[1], on=ROW_KEY, how="outer", indicator="change")
     merged["change"] = merged["change"].map({"both": "both", "left_only": "added", "right_only": "removed"})
+    merged = _pair_across_devices(merged)
     columns = [*ROW_KEY, "change"]
     old_accuracy, new_accuracy = accuracy_of(old), accuracy_of(new)
     if not (old_accuracy.is_default and new_accuracy.is_default):
@@ -57,6 +60,24 @@ def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None 
         merged[metric + "_delta"] = merged[metric + "_new"] - merged[metric + "_old"]
         columns += [metric + "_old", metric + "_new", metric + "_delta"]
     return sort_rows(merged[columns], methods)
+
+
+def _pair_across_devices(merged: pd.DataFrame) -> pd.DataFrame:
+    """Join each added row to the removed row with the same key but the device, where exactly one of each has it."""
+    rest = [column for column in ROW_KEY if column != "device_name"]
+    added, removed = merged[merged["change"] == "added"], merged[merged["change"] == "removed"]
+    unique = [side.drop_duplicates(rest, keep=False) for side in (added, removed)]
+    new_columns = [column for column in merged if column.endswith("_new")]
+    old_columns = [column for column in merged if column.endswith("_old")]
+    paired = unique[0][rest + ["device_name"] + new_columns].merge(
+        unique[1][rest + ["device_name"] + old_columns], on=rest, suffixes=("", "_was"))
+    if paired.empty:
+        return merged
+    paired["device_name"] = paired["device_name"] + " (was " + paired.pop("device_name_was") + ")"
+    paired["change"] = "other device"
+    keys = paired[rest].apply(tuple, axis=1)
+    moved = merged["change"].isin(["added", "removed"]) & merged[rest].apply(tuple, axis=1).isin(keys)
+    return pd.concat([merged[~moved], paired], ignore_index=True)
 
 
 def accuracy_mismatch(new: pd.DataFrame, old: pd.DataFrame, name: str) -> str | None:
@@ -70,9 +91,10 @@ def accuracy_mismatch(new: pd.DataFrame, old: pd.DataFrame, name: str) -> str | 
 
 
 def baseline_summary(diff: pd.DataFrame, name: str) -> str:
-    both = diff[diff["change"] == "both"]
+    both = diff[diff["change"].isin(["both", "other device"])]
     counts = diff["change"].value_counts()
-    parts = [f"{len(both)} row(s) in both"]
+    parts = [f"{len(both)} row(s) in both"
+             + (f" ({counts['other device']} on another device)" if counts.get("other device") else "")]
     for metric in ("acc_mean_tasks", "infer_img_per_s"):
         deltas = both[metric + "_delta"].dropna()
         if not deltas.empty:

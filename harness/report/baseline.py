@@ -57,7 +57,9 @@ def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None 
         merged = merged.assign(**dict(zip(BASELINE_ACCURACY_COLUMNS, (old_accuracy.name, new_accuracy.name))))
         columns += BASELINE_ACCURACY_COLUMNS
     for metric in BASELINE_METRICS:
-        merged[metric + "_delta"] = merged[metric + "_new"] - merged[metric + "_old"]
+        delta = merged[metric + "_new"] - merged[metric + "_old"]
+        # The same value summed in another order differs in its last bits; that is no change.
+        merged[metric + "_delta"] = delta.mask(delta.abs() <= 1e-9 * merged[metric + "_new"].abs(), 0.0)
         columns += [metric + "_old", metric + "_new", metric + "_delta"]
     return sort_rows(merged[columns], methods)
 

@@ -13,6 +13,7 @@ figures (:data:`MATCHES`); a fresh process (``--executor local``) times them aga
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 
 import torch
@@ -60,13 +61,16 @@ def _like(model: nn.Module, name: str) -> nn.Module:
 
 def _interleaved_throughputs(models: dict[str, nn.Module], settings: MeasureConfig) -> dict[str, float]:
     """Each deployed model's headline throughput, timed as the run will time the model it compares with: the
-    median of :data:`MATCH_ROUNDS` rounds, each of which times every model in turn."""
+    median of :data:`MATCH_ROUNDS` rounds, each of which times every model in turn. Only the first round warms
+    the models up for the run's warm-up time; later ones find them warm and take one warm-up iteration."""
     deployed = {name: harness.merge_for_inference(copy.deepcopy(model)).eval() for name, model in models.items()}
     timed: dict[str, list[float]] = {name: [] for name in deployed}
-    for _ in range(MATCH_ROUNDS):
+    warm = dataclasses.replace(settings, warmup_iters=1, warmup_seconds=0.0)
+    for round_settings in [settings] + [warm] * (MATCH_ROUNDS - 1):
         for name, model in deployed.items():
             device = next(model.parameters()).device
-            timed[name].append(deployed_throughput(model, model.patch_embed.img_size[0], device, settings).median)
+            timed[name].append(deployed_throughput(model, model.patch_embed.img_size[0], device,
+                                                   round_settings).median)
     return {name: statistics.median(values) for name, values in timed.items()}
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import pytest
 import timm
 import torch
@@ -219,8 +220,11 @@ def test_small_peft_times_candidates_under_the_runs_own_timing_settings_once_a_p
     small = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=3), "small_peft",
                           compression="high", measure=settings)
     rounds = method_globals["MATCH_ROUNDS"]
-    # Interleaved: each round times the compressed reference, then each of the three smaller sizes.
-    assert timed == [(width, settings) for width in (96, 80, 56, 48)] * rounds and rounds >= 3
+    # Interleaved: each round times the compressed reference, then each of the three smaller sizes; only the first
+    # round warms up for the run's warm-up time.
+    warm = dataclasses.replace(settings, warmup_iters=1, warmup_seconds=0.0)
+    assert timed == [(width, round_settings) for round_settings in [settings] + [warm] * (rounds - 1)
+                     for width in (96, 80, 56, 48)] and rounds >= 3
     assert small.adaptbench_info["small_backbone"] == "vit_micro_small_plus_patch4_32"
     assert small.adaptbench_info["matched_throughput_ratio"] == pytest.approx(950.0 / 900.0)
     again = harness.adapt(timm.create_model("vit_micro_base_patch4_32", num_classes=5), "small_peft",

@@ -31,8 +31,8 @@ def main() -> None:
     big = create_backbone(args.backbone, 10, img_size=32, pretrained=True)
     models = {small_peft.COMPRESSED: harness.adapt(copy.deepcopy(big), "tome", args.level),
               **{name: small_peft._like(big, name) for name in small_peft.smaller_backbones(big)}}
-    small_peft.MATCH_ROUNDS = 1  # one round a call: each call is what timing every model once gives
-    rounds = [small_peft._interleaved_throughputs(models, MeasureConfig()) for _ in range(args.rounds)]
+    # One round a call: each call is what timing every model once gives.
+    rounds = [small_peft._interleaved_throughputs(models, MeasureConfig(), rounds=1) for _ in range(args.rounds)]
     sizes = [name for name in models if name != small_peft.COMPRESSED]
     ratios = [[timed[name] / timed[small_peft.COMPRESSED] for name in sizes] for timed in rounds]
     print(f"{args.backbone} under tome at {args.level} beside the family, {machine(device)}, "

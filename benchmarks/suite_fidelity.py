@@ -16,13 +16,14 @@ import pandas as pd
 
 from harness.report.load import load_runs
 from harness.report.schema import ACCURACIES, DEFAULT_ACCURACY
+from harness.vocabulary import is_uncompressed
 
 FLOOR_ABOVE_CHANCE, CEILING = 15.0, 95.0
 ACCURACY = ACCURACIES[DEFAULT_ACCURACY].column  # what the board reports
 
 
 def row_label(frame: pd.DataFrame) -> pd.Series:
-    return frame["method"] + frame["compression"].map(lambda level: "" if level == "none" else f"@{level}")
+    return frame["method"] + frame["compression"].map(lambda level: "" if is_uncompressed(level) else f"@{level}")
 
 
 def per_task(runs: pd.DataFrame) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from .estimate import describe, estimate
 from .plan import NORMALIZATIONS, default_compression, describe_plan, load_tasks, plan_runs, resolve_device
 from .results import summary_table
 from .progress import SweepProgress
-from .runner import LocalExecutor, RunOptions, inline_executor, run_all, triage, worker_job
+from .runner import LocalExecutor, RunOptions, inline_executor, run_all, to_run, triage, worker_job
 from .slurm import CLUSTERS
 from .store import STATUS_OK, STATUS_RUNNING, RunStore
 from .train import SELECTIONS
@@ -363,7 +363,8 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
                         train_overrides=overrides, measure=measure, img_size=img_size,
                         normalization=normalization, weights=weights, threads=run_threads)
     store = RunStore(out)
-    todo = [config for config in configs if force or dry_run or store.finished(config) is None]
+    rerun = "all" if force else "failed" if rerun_failed else "missing"
+    todo = [config for config in configs if dry_run or to_run(store.read(config), rerun)]
     timeable = resolved_device.type != "cuda" or torch.cuda.is_available()
     expected = {} if no_estimate or not timeable else estimate(todo, task_data, resolved_device)
     guess = f"estimated {describe(sum(expected.values()))}" if expected else \
@@ -377,7 +378,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
                        f"array task each):\n\n" + sbatch_script(slurm, store, len(todo)))
         return 0
     options = RunOptions(save_adapters=not no_save_adapters, checkpoint_every=checkpoint_every, timeout=timeout,
-                         rerun="all" if force else "failed" if rerun_failed else "missing")
+                         rerun=rerun)
     plugin_paths = [str(Path(source).resolve()) if source.endswith(".py") else source for source in plugin_sources]
     parallel = jobs if executor == "local" else 1
     progress = SweepProgress(configs, expected, parallel, log=click.echo)
@@ -437,7 +438,7 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
     """Submit what is to run as one array; with ``wait``, every config's record once the array has ended (a job
     that ended without finishing its run is recorded as died), else None once submitted."""
     from . import slurm
-    from .runner import execute
+    from .runner import execute, write_failure
 
     records, todo = triage(configs, store, progress, options.rerun)
     for config in [config for config in todo if task_data[config.task].problem is not None]:
@@ -464,13 +465,10 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
     for config, handle in zip(todo, handles):
         record = store.read(config)
         if record is None or record["status"] == STATUS_RUNNING:
-            records[config.key] = {**(record or {"key": config.key, "config": config.to_dict()}),
-                                   "status": "failed", "failure": "died",
-                                   "reason": f"Slurm job {handle.job_id} ended without finishing the run; see "
-                                             f"{handle.paths.stderr}"}
-            store.write(config, records[config.key])
-        else:
-            records[config.key] = record
+            record = write_failure(config, task_data[config.task], store, "died",
+                                   f"Slurm job {handle.job_id} ended without finishing the run; see "
+                                   f"{handle.paths.stderr}", record)
+        records[config.key] = record
     return [records.get(config.key) or store.read(config) for config in configs]
 
 

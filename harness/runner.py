@@ -270,11 +270,17 @@ class LocalExecutor:
         return record
 
     def _failed(self, config: RunConfig, failure: str, reason: str) -> dict:
-        record = {**new_record(config, self.tasks[config.task]), "status": STATUS_FAILED, "failure": failure,
-                  "reason": reason}
-        self.store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
-        self.store.write(config, record)
-        return record
+        return write_failure(config, self.tasks[config.task], self.store, failure, reason)
+
+
+def write_failure(config: RunConfig, task: TaskData, store: RunStore, failure: str, reason: str,
+                  record: dict | None = None) -> dict:
+    """Record ``config`` as failed, of kind ``failure``, where its executor saw it end unfinished: ``record``
+    (what it had written, if anything) or a new one, marked failed and written back, its adapter removed."""
+    record = {**(record or new_record(config, task)), "status": STATUS_FAILED, "failure": failure, "reason": reason}
+    store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
+    store.write(config, record)
+    return record
 
 
 def triage(configs: Sequence[RunConfig], store: RunStore, progress: SweepProgress,

@@ -34,7 +34,8 @@ def baseline_diff(new: pd.DataFrame, old: pd.DataFrame, methods: Methods | None 
     :data:`BASELINE_METRICS` the old value, the new one and new - old; ``change`` says ``added`` (new only),
     ``removed`` (old only), ``both``, or ``other device``: a row only the new board has and one only the old board
     has that differ in nothing but the device (a board republished on another machine); its ``device_name`` reads
-    ``new (was old)``, and its throughput delta compares two machines. An old CSV with a ``suite`` column is compared on this suite's rows.
+    ``new (was old)``, and its throughput delta compares two machines. An old CSV with a ``suite`` column is
+    compared on this suite's rows.
     Rows are in the display order of ``methods`` (the new runs' :class:`Methods`); a method only the old board
     has follows the ordered ones, by name. Unless both boards hold the default accuracy, ``accuracy_old`` and
     ``accuracy_new`` (after ``change``) name each board's (:func:`~.schema.accuracy_of`; see

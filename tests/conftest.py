@@ -54,6 +54,15 @@ def loaded_plugin(plugin_file: Path) -> Path:
     return plugin_file
 
 
+@pytest.fixture
+def own_registry(monkeypatch):
+    """The registry as it is now, restored after the test, so that a test's plugins do not outlive it."""
+    from harness import registry
+
+    for name in ("_METHODS", "_TASKS", "_loaded_sources"):
+        monkeypatch.setattr(registry, name, type(getattr(registry, name))(getattr(registry, name)))
+
+
 def tiny_vit(**kwargs):
     """A 16x16, depth-2 timm ViT for fast tests."""
     import timm

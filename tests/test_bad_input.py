@@ -16,13 +16,6 @@ from harness.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def own_registry(monkeypatch):
-    """The registry as it is now, restored after the test, so that a test's plugins do not outlive it."""
-    for name in ("_METHODS", "_TASKS", "_loaded_sources"):
-        monkeypatch.setattr(registry, name, type(getattr(registry, name))(getattr(registry, name)))
-
-
 def refused(*args: str) -> str:
     """The one line the CLI answers bad input with (exit code 2, no traceback), without its ``error: ``."""
     result = CliRunner().invoke(main, list(args))

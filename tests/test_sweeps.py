@@ -178,8 +178,8 @@ def test_a_dead_running_record_is_marked_died_and_results_csv_never_lists_it_run
 # --- failure isolation ----------------------------------------------------------------------------------------
 
 
-def test_a_raise_a_nan_an_oom_and_a_timeout_each_fail_their_run_and_the_others_go_on(faults_plugin, tmp_path,
-                                                                                    monkeypatch):
+def test_a_raise_a_nan_an_oom_and_a_timeout_each_fail_their_run_and_the_others_go_on(faults_plugin, own_registry,
+                                                                                    tmp_path, monkeypatch):
     monkeypatch.setenv("SLEEPY_SECONDS", "4")
     out = tmp_path / "runs"
     result = run_cli(*sweep_args(faults_plugin, out, "--timeout", "6", methods="boom,lora,nan_loss,oom,sleepy",
@@ -198,7 +198,7 @@ def test_a_raise_a_nan_an_oom_and_a_timeout_each_fail_their_run_and_the_others_g
     assert "4 failed" in result.output
 
 
-def test_a_failed_run_waits_for_rerun_failed(faults_plugin, tmp_path):
+def test_a_failed_run_waits_for_rerun_failed(faults_plugin, own_registry, tmp_path):
     out = tmp_path / "runs"
     args = sweep_args(faults_plugin, out, methods="boom", seeds="0", epochs="1")
     assert run_cli(*args).exit_code == 1
@@ -279,7 +279,7 @@ def test_sigkill_at_random_moments_loses_duplicates_and_corrupts_nothing(plugin_
     assert len(csv) == 1 + len(uninterrupted) and STATUS_RUNNING not in "".join(csv)
 
 
-def test_two_sweeps_on_one_folder_run_each_config_once(faults_plugin, tmp_path):
+def test_two_sweeps_on_one_folder_run_each_config_once(faults_plugin, own_registry, tmp_path):
     out, count = tmp_path / "runs", tmp_path / "adapted.txt"
     args = sweep_args(faults_plugin, out, methods="counted", seeds="0,1,2,3", epochs="2")
     sweeps = [start_sweep(args, env={**os.environ, "COUNT_FILE": str(count)}) for _ in range(2)]

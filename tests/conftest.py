@@ -1,15 +1,19 @@
 """Shared fixtures: a private data cache, and a plugin file written outside the repository."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
-# Generated task data goes to a throw-away cache, never the user's ~/.cache.
-os.environ.setdefault("ADAPTBENCH_CACHE", tempfile.mkdtemp(prefix="adaptbench-test-cache-"))
+# Generated task data goes to a throw-away cache, never the user's ~/.cache, and the cache goes with the session.
+if "ADAPTBENCH_CACHE" not in os.environ:
+    os.environ["ADAPTBENCH_CACHE"] = tempfile.mkdtemp(prefix="adaptbench-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ADAPTBENCH_CACHE"], ignore_errors=True)
 
 EXTERNAL_PLUGIN = textwrap.dedent('''
     """A third-party plugin: one task and one method, registered without touching adaptbench."""

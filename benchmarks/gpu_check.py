@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
+import importlib.metadata
 import inspect
 import math
 import os
@@ -61,6 +62,7 @@ PROCESS_STARTED = time.perf_counter()  # before torch's import: the deadline and
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from packaging.requirements import Requirement  # noqa: E402  (huggingface_hub's, and so timm's, requirement)
 from tabulate import tabulate  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
@@ -175,6 +177,26 @@ class Scale:
 
 FULL = Scale("vit_base_patch16_224", "vit_small_patch16_224", 224, 800, 200, 2000, 32, TEST_BATCH, 256)
 TINY = Scale("vit_micro_base_patch4_32", "vit_micro_small_patch4_32", 32, 12, 4, 32, 8, 16, 16)
+
+
+def unmet_requirements(names: tuple[str, ...] = ("torch", "timm")) -> list[str]:
+    """The project's requirements on ``names`` (pyproject.toml's) that this environment does not meet, one line
+    each. A device machine runs the check from a checkout with its own packages, not from ``pip install``, so
+    nothing else has compared them (timm before 1.0.21 cannot build a ViT on the meta device, as planning does)."""
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        dependencies = presets.tomllib.load(handle)["project"]["dependencies"]
+    wanted = {requirement.name: requirement for requirement in map(Requirement, dependencies)}
+    unmet = []
+    for name in names:
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed is None or not wanted[name].specifier.contains(installed.split("+")[0], prereleases=True):
+            found = f"{installed} is installed" if installed else "is not installed"
+            unmet.append(f"{name} {found}; adaptbench needs {wanted[name]}: pip install '{wanted[name]}' (where no "
+                         f"package index is reachable, bring its wheel)")
+    return unmet
 
 
 # --------------------------------------------------------------------------------------------- bookkeeping
@@ -861,6 +883,9 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"error: --device {args.device}, but torch {torch.__version__} sees no CUDA device; run on a GPU "
               f"machine or pass --device cpu (with --tiny)", file=sys.stderr)
+        return 2
+    for problem in unmet_requirements():
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     scale = dataclasses.replace(TINY if args.tiny else FULL, **{
         key: value for key, value in (("backbone", args.backbone), ("small_backbone", args.small_backbone)) if value})

@@ -150,3 +150,17 @@ def test_targets_pass_and_fail_at_their_bounds() -> None:
     table = next(row for name, row in results.items() if name.startswith("ViT-B/16 table"))
     hours = figures["projection"]["bf16"]["total_h"]
     assert table["passed"] is (hours <= 4.0) and math.isfinite(hours) and "fp32 training:" in table["measured"]
+
+
+def test_an_older_timm_than_the_project_needs_stops_the_check_with_one_line(monkeypatch, tmp_path) -> None:
+    installed = {"torch": "2.11.0+cu130", "timm": "1.0.20"}
+    monkeypatch.setattr(gpu_check.importlib.metadata, "version", installed.__getitem__)
+    assert gpu_check.unmet_requirements() == [
+        "timm 1.0.20 is installed; adaptbench needs timm>=1.0.21: pip install 'timm>=1.0.21' (where no package "
+        "index is reachable, bring its wheel)"]
+    installed["timm"] = "1.0.21"
+    assert gpu_check.unmet_requirements() == []  # a local build tag (+cu130) is not a version of its own
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--tiny", "--device", "cpu", "--out", str(tmp_path)])
+    installed["timm"] = "0.9.16"
+    assert gpu_check.main() == 2
+    assert not any(tmp_path.iterdir())  # stopped before anything was measured or written

@@ -464,7 +464,7 @@ def section_training(check: Check, scale: Scale, data: Data, budgets: Budgets, d
                       f"{100 * row['input_share']:.2f} %, epoch {row['epoch_s']:.2f} s, eval {row['eval_s']:.2f} s "
                       f"({row['eval_img_per_s']:,.0f} img/s), peak {memory}")
             check.save()
-        del model
+        model = None  # freed before the next build, which starts from an empty device
         free_device_memory()
     check.results["section_seconds"]["training"] = time.perf_counter() - started
     check.save()

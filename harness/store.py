@@ -142,11 +142,6 @@ class RunStore:
             write_json_atomic(path, record)
         return record
 
-    def finished(self, config: RunConfig) -> dict | None:
-        """The stored record of this exact config if it finished successfully."""
-        record = self.read(config)
-        return record if record is not None and record.get("status") == STATUS_OK else None
-
     def records(self) -> list[dict]:
         """Every readable run record (dead ``running`` ones settled); a foreign or damaged file is passed over
         (``report`` lists such files)."""

@@ -34,7 +34,7 @@ def test_run_all_reuses_finished_runs_and_hands_the_others_to_its_executor(tmp_p
     progress = SweepProgress([done, todo], log=lambda line: None, bar=False)
     records = runner.run_all([done, todo], store, executor, progress=progress)
     assert handed == [todo] and [record["status"] for record in records] == [STATUS_OK, "failed"]
-    assert store.finished(done) is not None and store.finished(todo) is None
+    assert store.read(done)["status"] == STATUS_OK and store.read(todo)["reason"] == "stub"
     assert sorted(path.name for path in store.folder.glob("*.json")) == sorted(
         [store.path(done).name, store.path(todo).name])
 

@@ -21,6 +21,9 @@ and budgets, to test the script on a CPU):
 - inference at batch 256 in fp32 and bf16 of full / tome / pyra at low and high, deployed (LoRA merged),
   through ``harness.measure.inference_throughput``, the models interleaved over rounds; speed-up against full
   beside the GMACs ratio (``count_gmacs``);
+- compiled inference (not with ``--tiny``): full and tome at high under ``torch.compile`` in bf16, measured as
+  above, and their speed-up beside the eager one (not the protocol's figure: whether fusing the merge's small
+  kernels is what the speed-up target lacks); skipped with under two minutes left before the deadline;
 - repeatability: five measurements of full ViT-B in fp32 at batch 256, their spread (max - min) / mean and
   coefficient of variation;
 - projection: GPU-hours of ``python run.py --preset pyra-vit-b`` (9 configs x 19 tasks x 100 epochs, 10
@@ -29,7 +32,7 @@ and budgets, to test the script on a CPU):
 
 Every measurement is bounded by iterations and seconds (warm-up at least N iterations and S seconds, then timed
 at least K and T); ``--budget-scale`` multiplies every seconds budget. On an H100/H200 the defaults take about
-4-5 minutes (the reasoning is in :class:`Budgets`). Past ``--deadline`` seconds no new
+5-6 minutes (the reasoning is in :class:`Budgets`). Past ``--deadline`` seconds no new
 measurement starts: the rest is recorded as skipped. A timestamped progress line per measurement goes to stdout,
 and ``gpu_check.json`` (every figure, the device, versions and settings) and ``gpu_check.md`` (the tables, each
 target with its measured value and pass/fail) are rewritten after every measurement, so a run cut off still
@@ -97,6 +100,12 @@ TRAIN_CONFIGS = (("full_ft", "full_ft", None, "base"), ("lora", "lora", None, "b
 INFER_VARIANTS = (("full", "full_ft", None), ("tome-low", "tome", "low"), ("tome-high", "tome", "high"),
                   ("pyra-low", "pyra", "low"), ("pyra-high", "pyra", "high"))
 REPEAT_VARIANT, REPEAT_PRECISION = "full", "fp32"
+# The same inference under torch.compile, last, in the precision where the original ToMe lost most of its gain:
+# whether fusing the merge's small kernels is what the speed-up target needs. Two compilations of ViT-B and their
+# rounds take about a minute on an H100/H200 (reasoned); with less than the reserve left before the deadline they
+# are skipped. Not in --tiny: a compilation on a CPU takes 30-45 s even for a micro ViT.
+COMPILED_VARIANTS, COMPILED_PRECISION = ("full", "tome-high"), "bf16"
+COMPILED_RESERVE_S = 120.0
 
 # VTAB-1k's test splits as get_vtab1k.py writes them (lines of each task's test.txt); training is train800val200.
 VTAB_TEST_SIZES = {
@@ -126,8 +135,9 @@ class Budgets:
     bare epoch each) totalling >= 6 s, then >= 1 s of evaluation: full_ft in fp32 (~3 s an epoch) takes ~16 s,
     the others ~9 s, the bf16 cells ~8 s: ~130 s for the 14 cells. Inference: 10 (variant, precision) cells x 3
     rounds x (>= 0.3 s warm-up + >= 1.5 s timed) ~ 60 s. Repeatability: 5 x (1 s + 3 s) = 20 s. Start-up,
-    3,000 generated JPEGs and their decoding ~20-30 s. In all ~4-5 minutes; the deadline (420 s) stops new
-    measurements well inside 8 minutes should the device be slower.
+    3,000 generated JPEGs and their decoding ~20-30 s. Compiled inference: two compilations (~20-30 s each on 16
+    cores) and 2 x 3 measurements ~ 60-70 s. In all ~5-6 minutes; the deadline (420 s) stops new measurements
+    inside 8 minutes should the device be slower.
     """
 
     train_warmup_steps: int = 3
@@ -512,31 +522,53 @@ def inference_rows(rounds: dict[str, list], gmacs: dict[str, float]) -> list[dic
     return rows
 
 
-def section_inference(check: Check, scale: Scale, models: dict, budgets: Budgets, device: torch.device) -> None:
+def section_inference(check: Check, scale: Scale, models: dict, budgets: Budgets, device: torch.device, *,
+                      precisions: tuple[str, ...] = PRECISIONS, section: str = "inference") -> None:
+    """Every model of ``models`` once per round, the order rotated, in each precision; rows in
+    ``results[section][precision]``, speed-up against ``models["full"]``. A model whose measurement failed is
+    not tried again in that precision (a compilation that fails would fail, slowly, every round)."""
     started = time.perf_counter()
     gmacs = check.results.get("inference_gmacs", {})
-    for precision in PRECISIONS:
+    for precision in precisions:
         settings = inference_settings(precision, budgets, scale.infer_batch)
         measured: dict[str, list] = {label: [] for label in models}
-        labels = list(models)
+        labels, failed = list(models), set()
         for index in range(budgets.infer_rounds if labels else 0):
             order = labels[index % len(labels):] + labels[:index % len(labels)]  # rotated: no variant always first
-            for label in order:
-                what = f"inference {label} {precision} round {index + 1}"
+            for label in (label for label in order if label not in failed):
+                what = f"{section} {label} {precision} round {index + 1}"
+                errors = len(check.results["errors"])
                 result = check.attempt(what, lambda: inference_throughput(
                     models[label], scale.image_size, device, batch_size=scale.infer_batch, settings=settings))
                 if result is not None:
                     measured[label].append({"median": result.median, "iqr": result.iqr, "batch": result.batch_size})
-            check.results["inference"][precision] = inference_rows(measured, gmacs)
-            check.log(f"inference {precision} round {index + 1}: " + ", ".join(
+                elif len(check.results["errors"]) > errors:
+                    failed.add(label)
+            check.results.setdefault(section, {})[precision] = inference_rows(measured, gmacs)
+            check.log(f"{section} {precision} round {index + 1}: " + ", ".join(
                 f"{label} {measured[label][-1]['median']:,.0f}" for label in labels if measured[label]) + " img/s")
             check.save()
-        for row in check.results["inference"].get(precision, []):
+        for row in check.results.get(section, {}).get(precision, []):
             if "speedup" in row:
-                check.log(f"inference {precision} {row['variant']}: {row['img_per_s']:,.1f} img/s, speed-up "
+                check.log(f"{section} {precision} {row['variant']}: {row['img_per_s']:,.1f} img/s, speed-up "
                           f"{row['speedup']:.2f}x, GMACs ratio {row['gmacs_ratio']:.2f}x")
-    check.results["section_seconds"]["inference"] = time.perf_counter() - started
+    check.results["section_seconds"][section] = time.perf_counter() - started
     check.save()
+
+
+def section_compiled_inference(check: Check, scale: Scale, models: dict, budgets: Budgets,
+                               device: torch.device) -> None:
+    """:data:`COMPILED_VARIANTS` under ``torch.compile`` (compiled once each, in their first warm-up), in
+    :data:`COMPILED_PRECISION`, as :func:`section_inference` measures the eager ones."""
+    left = check.deadline_s - check.elapsed()
+    if left < COMPILED_RESERVE_S:
+        check.results["skipped"].append(f"compiled inference ({left:.0f} s left before the deadline, under the "
+                                        f"{COMPILED_RESERVE_S:.0f} s it needs)")
+        check.log(f"skipped compiled inference: {left:.0f} s left before the deadline")
+        return
+    compiled = {label: torch.compile(models[label]) for label in COMPILED_VARIANTS if label in models}
+    section_inference(check, scale, compiled, budgets, device, precisions=(COMPILED_PRECISION,),
+                      section="compiled_inference")
 
 
 def section_repeatability(check: Check, scale: Scale, models: dict, budgets: Budgets, device: torch.device) -> None:
@@ -706,6 +738,12 @@ def targets(results: dict) -> list[dict]:
                                                      f"batch {row['batch']})")
             add(f"speed-up at high compression, {variant}, {precision}", f">= {bound:.1f}x", measured or None,
                 row["speedup"] >= bound if measured else None)
+        compiled = next((r for r in results.get("compiled_inference", {}).get(precision, [])
+                         if r["variant"] == "tome-high" and "speedup" in r), None)
+        if compiled is not None:
+            add(f"speed-up at high compression, tome-high, {precision}, both compiled (not the protocol's)",
+                f">= {bound:.1f}x", f"{compiled['speedup']:.2f}x (GMACs ratio {compiled['gmacs_ratio']:.2f}x)",
+                compiled["speedup"] >= bound)
     repeat = results.get("repeatability", {})
     enough = len(repeat.get("medians", [])) >= 2
     add(f"{len(repeat.get('medians', [])) or 'five'} measurements of one model ({REPEAT_VARIANT} "
@@ -765,20 +803,11 @@ def render_markdown(results: dict) -> str:
                          "rounds"]) if train else "not measured")
 
     lines += ["", "## Inference", ""]
-    inference = results.get("inference", {})
-    if inference:
-        lines.append(f"Batch {settings.get('infer_batch')}, deployed (LoRA merged), eval mode, `inference_throughput`; "
-                     f"img/s: median over {settings.get('budgets', {}).get('infer_rounds')} rounds that interleave "
-                     f"the variants; speed-up against full in the same precision.")
-        lines.append("")
-        rows = [[precision, r["variant"], _f(r["gmacs"], ".3f"), _f(r.get("gmacs_ratio"), ".2f", "x"),
-                 _f(r["img_per_s"]), _f(r.get("speedup"), ".2f", "x"), _f(r.get("speedup_per_gmacs_ratio"), ".2f"),
-                 _f(100 * r["round_spread"], ".1f", " %"), str(r["batch"])]
-                for precision, measured in inference.items() for r in measured]
-        lines.append(_table(rows, ["precision", "variant", "GMACs", "GMACs ratio", "img/s", "speed-up",
-                                   "speed-up / GMACs ratio", "spread over rounds", "batch"]))
-    else:
-        lines.append("not measured")
+    lines += _inference_table(results.get("inference", {}), settings, "")
+    if settings.get("compiled_inference"):
+        lines += ["", "## Inference under torch.compile", ""]
+        lines += _inference_table(results.get("compiled_inference", {}), settings,
+                                  " Each model compiled once (default mode), then measured as above.")
 
     lines += ["", "## Repeatability", ""]
     repeat = results.get("repeatability", {})
@@ -845,9 +874,24 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _inference_table(inference: dict, settings: dict, how: str) -> list[str]:
+    if not inference:
+        return ["not measured"]
+    rows = [[precision, r["variant"], _f(r["gmacs"], ".3f"), _f(r.get("gmacs_ratio"), ".2f", "x"),
+             _f(r["img_per_s"]), _f(r.get("speedup"), ".2f", "x"), _f(r.get("speedup_per_gmacs_ratio"), ".2f"),
+             _f(100 * r["round_spread"], ".1f", " %"), str(r["batch"])]
+            for precision, measured in inference.items() for r in measured]
+    return [f"Batch {settings.get('infer_batch')}, deployed (LoRA merged), eval mode, `inference_throughput`; img/s: "
+            f"median over {settings.get('budgets', {}).get('infer_rounds')} rounds that interleave the variants; "
+            f"speed-up against full in the same precision.{how}", "",
+            _table(rows, ["precision", "variant", "GMACs", "GMACs ratio", "img/s", "speed-up",
+                          "speed-up / GMACs ratio", "spread over rounds", "batch"])]
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
-def run_sections(check: Check, scale: Scale, budgets: Budgets, device: torch.device, folder: Path) -> None:
+def run_sections(check: Check, scale: Scale, budgets: Budgets, device: torch.device, folder: Path, *,
+                 compiled: bool) -> None:
     started = time.perf_counter()
     data = check.attempt("data", lambda: prepare_data(check, scale, device, folder))
     check.results["section_seconds"]["data"] = time.perf_counter() - started
@@ -863,6 +907,8 @@ def run_sections(check: Check, scale: Scale, budgets: Budgets, device: torch.dev
     free_device_memory()
     section_inference(check, scale, models, budgets, device)
     section_repeatability(check, scale, models, budgets, device)
+    if compiled:
+        section_compiled_inference(check, scale, models, budgets, device)
 
 
 def main() -> int:
@@ -901,6 +947,8 @@ def main() -> int:
         "budgets": dataclasses.asdict(budgets), **dataclasses.asdict(scale), "precisions": list(PRECISIONS),
         "train_configs": [{"config": c, "method": m, "level": lv, "backbone": b} for c, m, lv, b in TRAIN_CONFIGS],
         "inference_variants": [v for v, _, _ in INFER_VARIANTS], "normalization": "imagenet",
+        "compiled_inference": not args.tiny, "compiled_variants": list(COMPILED_VARIANTS),
+        "compiled_precision": COMPILED_PRECISION,
         "train_config": dataclasses.asdict(TrainConfig())}
     check.log(f"gpu check on {machine(device)}: {scale.backbone} / {scale.small_backbone} at {scale.image_size} px, "
               f"budget scale {args.budget_scale}, deadline {deadline:.0f} s, writing {args.out}")
@@ -912,7 +960,7 @@ def main() -> int:
             os.environ["ADAPTBENCH_CACHE"] = str(Path(folder) / "cache")  # a cold decode, nothing in ~/.cache
             check.results["environment"] = environment(device, flags)
             check.save()
-            run_sections(check, scale, budgets, device, Path(folder))
+            run_sections(check, scale, budgets, device, Path(folder), compiled=not args.tiny)
     except Exception as exc:  # a bug of the check itself: what was measured is still written
         check.results["errors"].append({"what": "the check itself", "reason": f"{type(exc).__name__}: {exc}",
                                         "where": traceback.format_exc(limit=-3).strip().splitlines()[-3:]})

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import harness
 from harness.presets import tomllib
@@ -164,3 +165,65 @@ def test_an_older_timm_than_the_project_needs_stops_the_check_with_one_line(monk
     installed["timm"] = "0.9.16"
     assert gpu_check.main() == 2
     assert not any(tmp_path.iterdir())  # stopped before anything was measured or written
+
+
+@pytest.fixture(scope="module")
+def tiny_inference() -> tuple[dict, dict]:
+    """The tiny run's inference models, and their GMACs as the check records them."""
+    harness.load_plugins()
+    check = gpu_check.Check(Path("unused"), deadline_s=1e9)
+    models = gpu_check.build_inference_models(check, gpu_check.TINY, 10, torch.device("cpu"))
+    return models, check.results["inference_gmacs"]
+
+
+def _compiled_check(tmp_path: Path, gmacs: dict) -> "gpu_check.Check":
+    check = gpu_check.Check(tmp_path, deadline_s=1e9)
+    check.results["inference_gmacs"] = gmacs
+    check.results["settings"] = {"compiled_inference": True, "infer_batch": gpu_check.TINY.infer_batch,
+                                 "budgets": {"infer_rounds": gpu_check.TINY_BUDGETS.infer_rounds}}
+    return check
+
+
+def test_compiled_inference_times_full_and_tome_high_compiled_once_each(monkeypatch, tmp_path,
+                                                                      tiny_inference) -> None:
+    tiny_inference_models, gmacs = tiny_inference
+    compiled = []
+    # a compilation on the CPU takes 30 s or more: what is tested here is what the section does around it
+    monkeypatch.setattr(gpu_check.torch, "compile", lambda model: compiled.append(model) or model)
+    check = _compiled_check(tmp_path, gmacs)
+    gpu_check.section_compiled_inference(check, gpu_check.TINY, tiny_inference_models, gpu_check.TINY_BUDGETS,
+                                         torch.device("cpu"))
+    assert compiled == [tiny_inference_models["full"], tiny_inference_models["tome-high"]]
+    rows = {row["variant"]: row for row in check.results["compiled_inference"]["bf16"]}
+    assert set(rows) == {"full", "tome-high"} and rows["tome-high"]["gmacs_ratio"] > 3
+    assert len(rows["tome-high"]["rounds"]) == gpu_check.TINY_BUDGETS.infer_rounds
+    informational = [row for row in gpu_check.targets(check.results) if "compiled" in row["target"]]
+    assert len(informational) == 1 and informational[0]["passed"] in (True, False)
+    assert "## Inference under torch.compile" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_failing_compilation_is_recorded_once_per_model_and_not_retried(monkeypatch, tmp_path,
+                                                                          tiny_inference) -> None:
+    tiny_inference_models, gmacs = tiny_inference
+
+    def broken(model):
+        def call(images):
+            raise RuntimeError("no C compiler for triton's launcher")
+        return call
+    monkeypatch.setattr(gpu_check.torch, "compile", broken)
+    check = _compiled_check(tmp_path, gmacs)
+    gpu_check.section_compiled_inference(check, gpu_check.TINY, tiny_inference_models, gpu_check.TINY_BUDGETS,
+                                         torch.device("cpu"))
+    assert [error["what"] for error in check.results["errors"]] == [
+        "compiled_inference full bf16 round 1", "compiled_inference tome-high bf16 round 1"]
+    assert check.results["compiled_inference"]["bf16"] == []
+
+
+def test_compiled_inference_is_skipped_without_its_reserve_before_the_deadline(tmp_path, tiny_inference) -> None:
+    tiny_inference_models, gmacs = tiny_inference
+    check = _compiled_check(tmp_path, gmacs)
+    check.deadline_s = check.elapsed() + gpu_check.COMPILED_RESERVE_S / 2
+    gpu_check.section_compiled_inference(check, gpu_check.TINY, tiny_inference_models, gpu_check.TINY_BUDGETS,
+                                         torch.device("cpu"))
+    assert "compiled_inference" not in check.results
+    assert len(check.results["skipped"]) == 1 and check.results["skipped"][0].startswith("compiled inference")

@@ -348,18 +348,20 @@ DEVICE_SHARE = 0.25  # of the free GPU memory a split may take to live on the de
 class TensorBatches:
     """Batches of a split held as one uint8 tensor: indexed, not collated item by item, and on a GPU kept on the
     device when it fits (:data:`DEVICE_SHARE` of the free memory; 1,000 images at 224 px are 150 MB), else in
-    pinned host memory and copied per batch without blocking. The order is torch's ``RandomSampler`` (or
+    pinned host memory, each batch gathered into pinned memory too, so that its copy to the device does not block.
+    The order is torch's ``RandomSampler`` (or
     sequential) with the seeded generator, batch for batch what a ``DataLoader`` with that generator yields."""
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  device: torch.device | None = None) -> None:
         self.images, self.labels = dataset.images, dataset.labels
+        self.streamed = False  # host-resident on a GPU machine: batches are gathered into pinned memory
         if device is not None and device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             if self.images.numel() < DEVICE_SHARE * free:
                 self.images, self.labels = self.images.to(device), self.labels.to(device)
             else:
-                self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
+                self.images, self.labels, self.streamed = self.images.pin_memory(), self.labels.pin_memory(), True
         self.generator = torch.Generator().manual_seed(seed)
         sampler = RandomSampler(range(len(self.labels)), generator=self.generator) if shuffle else \
             SequentialSampler(range(len(self.labels)))
@@ -374,7 +376,19 @@ class TensorBatches:
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         for indices in self.batches:
             index = torch.as_tensor(indices, device=self.images.device)
-            yield self.images.index_select(0, index), self.labels.index_select(0, index)
+            yield self.select(self.images, index), self.select(self.labels, index)
+
+    def select(self, tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``tensor[index]``; when streamed, into pinned memory (``index_select``'s own output is pageable, and a
+        copy from pageable memory to the GPU waits for the host)."""
+        if not self.streamed:
+            return tensor.index_select(0, index)
+        return torch.index_select(tensor, 0, index, out=pinned_empty((len(index), *tensor.shape[1:]), tensor.dtype))
+
+
+def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised page-locked host tensor (from torch's caching host allocator, so cheap after the first)."""
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
 
 
 def as_array_dataset(dataset: Dataset) -> ArrayDataset | None:

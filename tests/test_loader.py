@@ -30,6 +30,26 @@ def test_the_same_batches_as_a_dataloader_with_the_same_seed_epoch_after_epoch(s
             assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
+def test_a_streamed_split_gathers_the_same_batches_into_pinned_buffers(monkeypatch):
+    """A split too large for the GPU is batched from pinned memory into pinned memory. This machine has no CUDA to
+    pin with, so the buffers are plain here: what is tested is that each batch lands whole in a fresh one."""
+    import harness.data as data
+
+    buffers = []
+
+    def pinned_empty(shape, dtype):
+        buffers.append(torch.empty(shape, dtype=dtype))
+        return buffers[-1]
+
+    monkeypatch.setattr(data, "pinned_empty", pinned_empty)
+    plain, streamed = make_loader(dataset(), 16, shuffle=True, seed=7), make_loader(dataset(), 16, shuffle=True, seed=7)
+    streamed.streamed = True
+    for (images, labels), (expected_images, expected_labels) in zip(streamed, plain, strict=True):
+        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+        assert images.data_ptr() == buffers[-2].data_ptr() and labels.data_ptr() == buffers[-1].data_ptr()
+    assert len(buffers) == 2 * len(plain)
+
+
 def test_training_a_micro_backbone_on_either_path_gives_the_same_accuracy():
     train, test = dataset(96, 3), dataset(48, 4)
     config = TrainConfig(epochs=2, warmup_epochs=0, eval_every=1, batch_size=16)

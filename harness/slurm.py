@@ -87,16 +87,15 @@ def logs_folder(store: RunStore) -> Path:
 def sbatch_script(settings: SlurmSettings, store: RunStore, count: int) -> str:
     """The sbatch script submitit writes for an array of ``count`` runs, made without a cluster (submitit's own
     template, so what is shown is what would be submitted)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
 
-    parameters = {"job_name": "adaptbench", "time": settings.time_minutes, "gpus_per_node": settings.gpus_per_job,
-                  "ntasks_per_node": 1, "array_parallelism": settings.array_parallelism, "map_count": count,
-                  "additional_parameters": dict(settings.extra), "partition": settings.partition,
-                  "account": settings.account, "cpus_per_task": settings.cpus_per_job}
+    # submitit's own renaming of the executor's parameters (generic names, and slurm_-prefixed ones) to sbatch's
+    generic = SlurmExecutor._equivalence_dict()
+    parameters = {generic.get(key) or key.removeprefix("slurm_"): value
+                  for key, value in settings.submitit_parameters().items()}
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
                         shlex.quote(str(logs_folder(store) / "%j"))])
-    return _make_sbatch_string(command=command, folder=logs_folder(store) / "%j",
-                               **{key: value for key, value in parameters.items() if value is not None})
+    return _make_sbatch_string(command=command, folder=logs_folder(store) / "%j", map_count=count, **parameters)
 
 
 def submitted(store: RunStore) -> dict[str, dict]:

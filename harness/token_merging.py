@@ -89,7 +89,10 @@ def merge_weighted(x: torch.Tensor, size: Optional[torch.Tensor], matching: Matc
         merged = torch.cat([kept[:, :1], b_set[:, :1], kept[:, 1:], b_set[:, 1:]], dim=1)
     else:
         merged = torch.cat([kept, b_set], dim=1)
-    merged_size = merged[..., channels:]
+    # Sizes are counts, a function of the matching's indices alone: no parameter is upstream of them. Detached, as
+    # the original's (merged on their own from ones) are, or the proportional-attention bias would require grad and
+    # a fused attention's backward would build its (batch, heads, tokens, tokens) gradient in every block.
+    merged_size = merged[..., channels:].detach()
     return merged[..., :channels] / merged_size, merged_size
 
 

@@ -64,6 +64,21 @@ def test_class_token_survives_and_merges_are_size_weighted_means():
     assert torch.allclose(merged_size.sum(1), size.sum(1))  # no token mass is lost
 
 
+@pytest.mark.parametrize("method", ["tome", "pyra"])
+def test_token_sizes_and_so_the_attention_bias_carry_no_gradient(method):
+    """The original merges sizes on their own, from ones; ours travel with the tokens, and must not bring their
+    gradient along: a bias that requires grad makes a fused attention's backward build a (B, H, N, N) gradient."""
+    model = harness.adapt(micro(), method, compression="high").train()
+    seen = []
+    for block in model.blocks:
+        block.attn.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    sizes = [size for size in seen if size is not None]
+    assert len(sizes) == len(model.blocks) - 1  # every block after the first attends with sizes
+    assert not any(size.requires_grad for size in sizes)
+    assert any(parameter.grad is not None for name, parameter in model.named_parameters() if "lora_" in name)
+
+
 def test_matching_never_picks_the_class_token_and_merges_the_most_similar_pair():
     # A set: tokens 0 (class), 2, 4; B set: tokens 1, 3. Token 1 equals the class token, token 4 equals token 3.
     metric = torch.tensor([[[1.0, 0], [1.0, 0], [0.7, 0.7], [0, 1.0], [0, 1.0]]])

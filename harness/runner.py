@@ -201,11 +201,16 @@ def worker_job(config: RunConfig, store: RunStore, device: str, data_root: Path 
                      asdict(options), executor)
 
 
-def gpu_slots(device: torch.device) -> list[int]:
-    """The GPUs local workers share out: the one asked for (``cuda:N``) or every visible one."""
+def gpu_slots(device: torch.device) -> list[str]:
+    """The GPUs local workers share out, the one asked for (``cuda:N``) or every visible one, as a child's
+    ``CUDA_VISIBLE_DEVICES`` must name them: by our own ``CUDA_VISIBLE_DEVICES`` where it is set (our ``cuda:0`` is
+    its first entry, which may be GPU 2 or a MIG instance's UUID), else by index."""
     if device.type != "cuda":
         return []
-    return [device.index] if device.index is not None else list(range(torch.cuda.device_count()))
+    visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    count = torch.cuda.device_count()
+    names = visible[:count] if "CUDA_VISIBLE_DEVICES" in os.environ else [str(index) for index in range(count)]
+    return [names[device.index]] if device.index is not None else names
 
 
 class LocalExecutor:
@@ -230,7 +235,7 @@ class LocalExecutor:
         env = dict(os.environ)
         if not self.gpus:
             return env, str(self.device)
-        env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot % len(self.gpus)])
+        env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         return env, "cuda:0"
 
     def __call__(self, config: RunConfig) -> dict | None:

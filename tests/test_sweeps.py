@@ -391,6 +391,7 @@ def test_on_a_terminal_progress_is_a_bar_over_the_sweep_and_one_over_the_epochs(
 
 
 def test_local_workers_on_a_gpu_machine_get_one_gpu_each(monkeypatch, tmp_path):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     spread = runner.LocalExecutor(3, {}, RunStore(tmp_path), torch.device("cuda"), [], None)
     slots = [spread._environment(slot) for slot in range(3)]
@@ -398,6 +399,18 @@ def test_local_workers_on_a_gpu_machine_get_one_gpu_each(monkeypatch, tmp_path):
     assert {device for _, device in slots} == {"cuda:0"}  # each worker sees its one GPU as cuda:0
     pinned = runner.LocalExecutor(2, {}, RunStore(tmp_path), torch.device("cuda", 1), [], None)
     assert [pinned._environment(slot)[0]["CUDA_VISIBLE_DEVICES"] for slot in range(2)] == ["1", "1"]
+
+
+def test_local_workers_get_the_gpus_our_own_cuda_visible_devices_names(monkeypatch, tmp_path):
+    """Given GPUs 2 and 3 (or MIG instances), a worker must get 3, not the index 1 that it has here."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    spread = runner.LocalExecutor(3, {}, RunStore(tmp_path), torch.device("cuda"), [], None)
+    assert [spread._environment(slot)[0]["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["2", "3", "2"]
+    pinned = runner.LocalExecutor(1, {}, RunStore(tmp_path), torch.device("cuda", 1), [], None)
+    assert pinned._environment(0)[0]["CUDA_VISIBLE_DEVICES"] == "3"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5c1a,MIG-77b0")
+    assert runner.gpu_slots(torch.device("cuda")) == ["MIG-5c1a", "MIG-77b0"]
 
 
 def test_an_inline_sweep_runs_in_the_calling_thread(tmp_path):

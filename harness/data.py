@@ -374,8 +374,11 @@ class TensorBatches:
         # A DataLoader draws its workers' base seed from the generator before the sampler's first draw; so do we,
         # so that the runs published before this loader existed see the very same batches.
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        for indices in self.batches:
-            index = torch.as_tensor(indices, device=self.images.device)
+        batches = list(self.batches)
+        # The epoch's order goes to the data's device in one copy: a copy per batch from a Python list would wait
+        # for the GPU's queued work every step, so the host could never run ahead of it.
+        order = torch.as_tensor([index for batch in batches for index in batch], device=self.images.device)
+        for index in order.split([len(batch) for batch in batches]):
             yield self.select(self.images, index), self.select(self.labels, index)
 
     def select(self, tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -153,7 +153,7 @@ class Trainer:
         """Forward, backward and update on one uint8 batch; returns the (detached) loss without syncing."""
         with autocast(self.device, self.precision):
             logits = self.trained(self.normalize(images))
-        loss = F.cross_entropy(logits.float(), labels.to(logits.device), label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device, non_blocking=True), label_smoothing=self.label_smoothing)
         if self.scaler.is_enabled():
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)  # skipped when a gradient is inf or NaN; update() lowers the scale
@@ -186,7 +186,7 @@ class Trainer:
             with autocast(self.device, self.precision):
                 logits = self.model(self.normalize(images))
             predictions = logits.argmax(dim=-1)
-            correct += (predictions == labels.to(predictions.device)).sum()
+            correct += (predictions == labels.to(predictions.device, non_blocking=True)).sum()
             total += len(labels)
         self.model.train(was_training)
         return 100.0 * correct.item() / max(1, total)

@@ -77,3 +77,14 @@ def test_a_plugins_own_dataset_still_gets_a_dataloader():
             return torch.zeros(3, 2, 2, dtype=torch.uint8), torch.tensor(index)
 
     assert isinstance(make_loader(Listed(), 2, shuffle=False), DataLoader)
+
+
+def test_an_epochs_order_reaches_the_data_in_one_copy(monkeypatch):
+    """On a GPU each copy of indices from the host waits for the queued work; one per epoch, not one per step."""
+    import harness.data as data
+
+    loader = make_loader(dataset(), 16, shuffle=True, seed=7)
+    copies = []
+    real = torch.as_tensor
+    monkeypatch.setattr(data.torch, "as_tensor", lambda *args, **kwargs: copies.append(1) or real(*args, **kwargs))
+    assert len(list(loader)) == 5 and len(copies) == 1

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import Normalize, TaskData
 from .checkpoint import Checkpointer, restore_rng, rng_state
 from .errors import NonFiniteLoss, UserError
-from .measure import PRECISIONS, autocast
+from .measure import PRECISIONS, autocast, compiled
 
 SELECTIONS = ("test", "val")  # TrainConfig.selection: what picks the reported evaluation (module docstring)
 
@@ -147,13 +147,14 @@ class Trainer:
         check_precision(precision, self.device)
         self.precision = precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-        self.trained = torch.compile(model) if compile else model  # what train_step runs
+        self.trained = compiled(model) if compile else model  # what train_step runs
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one uint8 batch; returns the (detached) loss without syncing."""
         with autocast(self.device, self.precision):
             logits = self.trained(self.normalize(images))
-        loss = F.cross_entropy(logits.float(), labels.to(logits.device, non_blocking=True), label_smoothing=self.label_smoothing)
+        labels = labels.to(logits.device, non_blocking=True)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         if self.scaler.is_enabled():
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)  # skipped when a gradient is inf or NaN; update() lowers the scale

@@ -225,9 +225,10 @@ def inference_throughput(model: nn.Module, image_size: int, device: torch.device
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise
-            del images
-            torch.cuda.empty_cache()
-            batch_size //= 2
+        # Out of the except clause, whose traceback held the failed attempt's tensors: now they can be released.
+        images = None
+        torch.cuda.empty_cache()
+        batch_size //= 2
 
 
 def compiled(model: nn.Module) -> nn.Module:

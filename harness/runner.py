@@ -13,6 +13,7 @@ and the sweep goes on.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import queue
@@ -97,8 +98,6 @@ def _deadline(timeout: float | None, started: float) -> Callable[[], None] | Non
 
 
 def _out_of_memory(exc: BaseException, config: RunConfig, device: torch.device) -> str:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (f"out of memory on {device} ({first}); lower --batch-size (now {config.train.batch_size}), train in "
             f"bf16 (--train-precision bf16), or run fewer jobs per device")
@@ -167,6 +166,9 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
         if record.get("failure") not in KEEPS_CHECKPOINT:
             checkpoint.remove()
         store.write(config, record)
+        if device.type == "cuda":  # here, not in the except clause, whose traceback still holds the run's tensors
+            gc.collect()
+            torch.cuda.empty_cache()  # the next inline run starts from the same free memory, whatever this one did
     return record
 
 

@@ -166,6 +166,22 @@ def test_out_of_memory_halves_the_batch_until_it_fits():
     assert result.batch_size == 16 and tried[:3] == [64, 32, 16]
 
 
+def test_out_of_memory_while_making_the_input_halves_the_batch_too(monkeypatch):
+    from harness.measure import MeasureConfig, inference_throughput
+
+    real = torch.randn
+
+    def randn(*shape, **kwargs):
+        if shape[0] > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*shape, **kwargs)
+
+    monkeypatch.setattr(harness.measure.torch, "randn", randn)
+    quick = MeasureConfig(warmup_iters=1, warmup_seconds=0.0, repeats=3, iters_per_repeat=1)
+    result = inference_throughput(torch.nn.Flatten(), 8, torch.device("cpu"), batch_size=64, settings=quick)
+    assert result.batch_size == 16
+
+
 @pytest.fixture
 def fresh_allocator_setting():
     harness.measure.steady_host_allocator.cache_clear()

@@ -24,19 +24,21 @@ from .store import replace_atomically
 CHECKPOINT_SUFFIX = ".checkpoint.pt"
 
 
-def rng_state(loader_generator: torch.Generator | None) -> dict:
+def rng_state(loader_generator: torch.Generator | None, device: torch.device) -> dict:
+    """Every generator a run draws from. On a GPU only the run's device's: a resumed run may see fewer GPUs
+    (a worker sees its one as cuda:0), where restoring all of them would fail on a device that is not there."""
     numpy_state = np.random.get_state()
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
             "python": random.getstate(),
             "loader": None if loader_generator is None else loader_generator.get_state()}
 
 
-def restore_rng(state: dict, loader_generator: torch.Generator | None) -> None:
+def restore_rng(state: dict, loader_generator: torch.Generator | None, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if isinstance(state["cuda"], torch.Tensor) and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     random.setstate(state["python"])

@@ -277,7 +277,7 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
-        restore_rng(saved["rng"], generator)
+        restore_rng(saved["rng"], generator, trainer.device)
         progress = saved["progress"]
         for entry in progress["curve"]:
             on_epoch(entry)
@@ -308,7 +308,8 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
         log(message)
         progress["epoch"] = epoch
         if checkpoint is not None and checkpoint.due(epoch, config.epochs):
-            checkpoint.save({"trainer": trainer.state_dict(), "rng": rng_state(generator), "progress": progress})
+            checkpoint.save({"trainer": trainer.state_dict(), "rng": rng_state(generator, trainer.device),
+                             "progress": progress})
     result = TrainResult(max(accuracies), accuracies[-1], progress["train_seconds"], progress["train_images"],
                          curve)
     if val_accuracies:

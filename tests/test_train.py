@@ -116,3 +116,19 @@ def test_selection_splits_train_on_train_and_val_or_on_train_alone():
     assert len(train) == 12 and val is None
     train, val = selection_splits(task, "val")
     assert (train, val) == (task.train, task.val)
+
+
+def test_a_checkpoint_keeps_only_the_runs_own_cuda_generator(monkeypatch):
+    """Resumed where fewer GPUs are visible (a worker sees its one as cuda:0), restoring every GPU's generator
+    failed on a device that is not there; only the run's device's is kept and restored."""
+    from harness.checkpoint import restore_rng, rng_state
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device: calls.append(("get", device)) or torch.zeros(8, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every GPU's generator was saved"))
+    device = torch.device("cuda", 1)
+    restore_rng(rng_state(None, device), None, device)
+    assert calls == [("get", device), ("set", device)]
+    assert rng_state(None, torch.device("cpu"))["cuda"] is None

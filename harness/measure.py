@@ -14,6 +14,7 @@ Conventions (see README, "What is measured"):
 from __future__ import annotations
 
 import contextlib
+import gc
 import ctypes
 import functools
 import math
@@ -296,13 +297,21 @@ class PeakMemory:
 
 def peak_memory(fn: Callable[[], object], device: torch.device, model: nn.Module,
                 optimizer: torch.optim.Optimizer | None = None) -> PeakMemory:
-    """Peak memory while running ``fn``; the peaks are reset first, so each phase is measured on its own."""
+    """Peak memory of ``model`` (and ``optimizer``) while running ``fn``, on its own: the bytes of its resident
+    tensors plus the peak of allocations above the level at the start, on either device. Whatever else lives on
+    the device (a task's splits kept there, an earlier phase's tensors) is not counted. The CUDA caching
+    allocator's peak (``reserved_mb``) is read after emptying its cache, so an earlier phase's blocks are not in
+    it; it does include everything else on the device."""
+    resident = resident_tensor_bytes(model, optimizer)
     if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
-        return PeakMemory(torch.cuda.max_memory_allocated(device) / MIB, torch.cuda.max_memory_reserved(device) / MIB,
-                          "cuda_max_memory_allocated")
-    resident = resident_tensor_bytes(model, optimizer)
+        above_start = torch.cuda.max_memory_allocated(device) - start
+        return PeakMemory((resident + above_start) / MIB, torch.cuda.max_memory_reserved(device) / MIB,
+                          "cuda_resident_plus_peak_above_start")
     return PeakMemory((resident + _profiled_cpu_peak_bytes(fn)) / MIB, None, "cpu_resident_plus_profiler_peak")

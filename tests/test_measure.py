@@ -98,26 +98,32 @@ def test_per_block_gmacs_add_up_to_the_blocks_share_of_the_total():
     assert sum(blocks) < count_gmacs(model, 16)  # patch embedding, final norm and head are outside the blocks
 
 
-def test_cuda_peak_memory_resets_before_the_phase_and_reads_allocated_and_reserved(monkeypatch):
-    """No GPU needed: torch.cuda's counters are replaced by a fake allocator that the phase moves."""
+def test_cuda_peak_memory_counts_the_model_and_its_phase_not_what_else_is_on_the_device(monkeypatch):
+    """No GPU needed: torch.cuda's counters are replaced by a fake allocator that the phase moves. 100 MiB are on
+    the device before the phase (a task's splits kept there, the model); the phase peaks 3 MiB above them."""
     calls = []
-    peaks = {"allocated": 5 * 2 ** 20, "reserved": 9 * 2 ** 20}  # left over from an earlier phase
+    mib = 2 ** 20
+    memory = {"allocated": 100 * mib, "peak": 105 * mib, "reserved": 130 * mib}  # peaks of an earlier phase
 
     def reset(device):
         calls.append("reset")
-        peaks.update(allocated=0, reserved=0)
+        memory.update(peak=memory["allocated"], reserved=memory["allocated"])
 
     def phase():
         calls.append("phase")
-        peaks.update(allocated=3 * 2 ** 20, reserved=4 * 2 ** 20)
+        memory.update(peak=103 * mib, reserved=104 * mib)
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: memory["allocated"])
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peaks["allocated"])
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: peaks["reserved"])
-    memory = peak_memory(phase, torch.device("cuda"), tiny_vit())
-    assert calls == ["reset", "phase"]
-    assert (memory.mb, memory.reserved_mb, memory.method) == (3.0, 4.0, "cuda_max_memory_allocated")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: memory["peak"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: memory["reserved"])
+    model = tiny_vit()
+    measured = peak_memory(phase, torch.device("cuda"), model)
+    assert calls == ["empty", "reset", "phase"]
+    assert measured.mb == pytest.approx(harness.measure.resident_tensor_bytes(model) / mib + 3.0)
+    assert (measured.reserved_mb, measured.method) == (104.0, "cuda_resident_plus_peak_above_start")
 
 
 def _throughputs(*spreads: float):

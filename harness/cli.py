@@ -21,7 +21,7 @@ from .vocabulary import NONE, named_levels
 from .measure import MeasureConfig, timing_presets
 from .config import RunConfig
 from .data import TaskData
-from .estimate import describe, estimate
+from .estimate import EstimateUnavailable, describe, estimate
 from .plan import NORMALIZATIONS, default_compression, describe_plan, load_tasks, plan_runs, resolve_device
 from .results import summary_table
 from .progress import SweepProgress
@@ -366,11 +366,15 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     rerun = "all" if force else "failed" if rerun_failed else "missing"
     todo = [config for config in configs if dry_run or to_run(store.read(config), rerun)]
     timeable = resolved_device.type != "cuda" or torch.cuda.is_available()
-    expected = {} if no_estimate or not timeable else estimate(todo, task_data, resolved_device)
+    unestimated = None if timeable else "no GPU here to time"
+    try:
+        expected = {} if no_estimate or not timeable else estimate(todo, task_data, resolved_device)
+    except EstimateUnavailable as exc:
+        expected, unestimated = {}, str(exc)
     guess = f"estimated {describe(sum(expected.values()))}" if expected else \
-        "not estimated" if timeable else "not estimated (no GPU here to time)"
+        f"not estimated ({unestimated})" if unestimated else "not estimated"
     if dry_run:
-        _print_plan(configs, store, expected, resolved_device)
+        _print_plan(configs, store, expected, resolved_device, unestimated)
         if slurm is not None:
             from .slurm import sbatch_script
 
@@ -420,7 +424,8 @@ def _slurm_settings(partition: str | None, time_limit: str, gpus: int, cpus: int
                          cluster)
 
 
-def _print_plan(configs: list[RunConfig], store: RunStore, expected: dict[str, float], device: torch.device) -> None:
+def _print_plan(configs: list[RunConfig], store: RunStore, expected: dict[str, float], device: torch.device,
+                unestimated: str | None) -> None:
     """The plan, each run with its estimate and its state in the output folder."""
     from .status import plan_states, tally
 
@@ -430,6 +435,8 @@ def _print_plan(configs: list[RunConfig], store: RunStore, expected: dict[str, f
     if expected:
         click.echo(f"Estimated wall time on {device}: {describe(sum(expected.values()))} for {len(configs)} run(s), "
                    f"from a few timed steps of each distinct model (decoding and warm-up not included)")
+    elif unestimated:
+        click.echo(f"Not estimated: {unestimated}.")
 
 
 def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], store: RunStore, device: torch.device,

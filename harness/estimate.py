@@ -10,6 +10,7 @@ short; the run summary prints the estimate beside the truth.
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass
@@ -126,18 +127,35 @@ def run_seconds(config: RunConfig, task: TaskData, timing: Timing) -> float:
             + _measurement_seconds(config.measure, timing.infer_seconds_per_image))
 
 
+class EstimateUnavailable(Exception):
+    """The plan could not be timed here; the message says why, and the runs go ahead without an estimate."""
+
+
 def estimate(configs: Sequence[RunConfig], tasks: dict[str, TaskData], device: torch.device) -> dict[str, float]:
-    """Each config's estimated seconds (by key); a run of a task that cannot run costs nothing."""
+    """Each config's estimated seconds (by key); a run of a task that cannot run costs nothing.
+
+    A model too large to time on this device raises :class:`EstimateUnavailable`: its run will meet the same
+    out-of-memory and record it. The device's cache is emptied afterwards, so the runs (or the workers, which
+    share the GPU with this process) start from the memory it had."""
     timings: dict[tuple, Timing] = {}
     seconds = {}
-    for config in configs:
-        task = tasks[config.task]
-        if task.problem is not None:
-            seconds[config.key] = 0.0
-            continue
-        if _key(config) not in timings:
-            timings[_key(config)] = time_model(config, task.num_classes, device)
-        seconds[config.key] = run_seconds(config, task, timings[_key(config)])
+    try:
+        for config in configs:
+            task = tasks[config.task]
+            if task.problem is not None:
+                seconds[config.key] = 0.0
+                continue
+            if _key(config) not in timings:
+                try:
+                    timings[_key(config)] = time_model(config, task.num_classes, device)
+                except torch.cuda.OutOfMemoryError:
+                    raise EstimateUnavailable(f"out of memory on {device} timing {config.method} on "
+                                              f"{config.backbone} at batch {config.train.batch_size}") from None
+            seconds[config.key] = run_seconds(config, task, timings[_key(config)])
+    finally:
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
     return seconds
 
 

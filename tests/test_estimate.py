@@ -71,3 +71,23 @@ def test_cpu_steps_are_extended_along_the_line_through_two_small_batches():
     assert estimates._extend([4, 8], [1.0, 1.4], 32) == pytest.approx(1.4 + 0.1 * 24)
     assert estimates._extend([4, 8], [1.0, 0.9], 32) == pytest.approx(0.9)  # noise never makes a batch cheaper
     assert estimates._extend([32], [2.0], 32) == 2.0
+
+
+def test_a_model_too_large_to_time_leaves_the_plan_unestimated_and_the_runs_go_ahead(plugin_file, tmp_path,
+                                                                                    monkeypatch):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    def out_of_memory(config, classes, device):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(estimates, "time_model", out_of_memory)
+    common = ["--plugins", str(plugin_file), "--methods", "bitfit", "--tasks", "tiny", "--bench-batch", "8",
+              "--out", str(tmp_path)]
+    dry = CliRunner().invoke(main, [*common, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "Not estimated: out of memory on cpu timing bitfit on vit_micro_small_patch4_32 at batch" in dry.output
+    result = CliRunner().invoke(main, common)
+    assert result.exit_code == 0 and "1 ok, 0 failed" in result.output
+    assert "not estimated (out of memory on cpu timing bitfit" in result.output

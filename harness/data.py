@@ -349,8 +349,8 @@ class TensorBatches:
     """Batches of a split held as one uint8 tensor: indexed, not collated item by item, and on a GPU kept on the
     device when it fits (:data:`DEVICE_SHARE` of the free memory; 1,000 images at 224 px are 150 MB), else in
     pinned host memory, each batch gathered into pinned memory too, so that its copy to the device does not block.
-    The order is torch's ``RandomSampler`` (or
-    sequential) with the seeded generator, batch for batch what a ``DataLoader`` with that generator yields."""
+    The order is torch's ``RandomSampler`` (or sequential) with the seeded generator, batch for batch what a
+    ``DataLoader`` with that generator yields."""
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  device: torch.device | None = None) -> None:

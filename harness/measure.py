@@ -14,9 +14,9 @@ Conventions (see README, "What is measured"):
 from __future__ import annotations
 
 import contextlib
-import gc
 import ctypes
 import functools
+import gc
 import math
 import os
 import platform

@@ -373,13 +373,20 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # A DataLoader draws its workers' base seed from the generator before the sampler's first draw; so do we,
         # so that the runs published before this loader existed see the very same batches.
+        # Batches are drawn lazily, as a DataLoader draws them: a pass cut short (the memory probe's first batch)
+        # leaves the generator where a DataLoader's would be, so the epochs after it see the same batches too.
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        batches = list(self.batches)
-        # The epoch's order goes to the data's device in one copy: a copy per batch from a Python list would wait
-        # for the GPU's queued work every step, so the host could never run ahead of it.
-        order = torch.as_tensor([index for batch in batches for index in batch], device=self.images.device)
-        for index in order.split([len(batch) for batch in batches]):
+        for indices in self.batches:
+            index = self.index(indices)
             yield self.select(self.images, index), self.select(self.labels, index)
+
+    def index(self, indices: list[int]) -> torch.Tensor:
+        """``indices`` on the data's device. To a GPU through pinned memory: a copy from a Python list (pageable
+        memory) would wait for the GPU's queued work every step, and the host could never run ahead of it."""
+        index = torch.as_tensor(indices)
+        if self.images.device.type != "cuda":
+            return index
+        return pinned_empty(index.shape, index.dtype).copy_(index).to(self.images.device, non_blocking=True)
 
     def select(self, tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``tensor[index]``; when streamed, into pinned memory (``index_select``'s own output is pageable, and a

@@ -78,8 +78,8 @@ from harness import presets, registry  # noqa: E402
 from harness.backbones import known_backbone_named, smaller_in_family  # noqa: E402
 from harness.data import Normalize, make_loader  # noqa: E402
 from harness.estimate import _measurement_seconds  # noqa: E402  (the --dry-run estimate's formula for a measurement)
-from harness.measure import (MeasureConfig, autocast, compiled, count_gmacs, count_parameters,  # noqa: E402
-                             device_synchronizer, inference_throughput, peak_memory)
+from harness.measure import (MeasureConfig, autocast, count_gmacs, count_parameters, device_synchronizer,  # noqa: E402
+                             inference_throughput, peak_memory)
 from harness.pipeline import TEST_BATCH  # noqa: E402
 from harness.plan import load_tasks  # noqa: E402
 from harness.store import replace_atomically, write_json_atomic  # noqa: E402
@@ -558,16 +558,15 @@ def section_inference(check: Check, scale: Scale, models: dict, budgets: Budgets
 
 def section_compiled_inference(check: Check, scale: Scale, models: dict, budgets: Budgets,
                                device: torch.device) -> None:
-    """:data:`COMPILED_VARIANTS` under ``torch.compile`` (:func:`harness.measure.compiled`: compiled once each,
-    in their first warm-up), in :data:`COMPILED_PRECISION`, as :func:`section_inference` measures the eager
-    ones."""
+    """:data:`COMPILED_VARIANTS` under ``torch.compile`` (compiled once each, in their first warm-up), in
+    :data:`COMPILED_PRECISION`, as :func:`section_inference` measures the eager ones."""
     left = check.deadline_s - check.elapsed()
     if left < COMPILED_RESERVE_S:
         check.results["skipped"].append(f"compiled inference ({left:.0f} s left before the deadline, under the "
                                         f"{COMPILED_RESERVE_S:.0f} s it needs)")
         check.log(f"skipped compiled inference: {left:.0f} s left before the deadline")
         return
-    compiled_models = {label: compiled(models[label]) for label in COMPILED_VARIANTS if label in models}
+    compiled_models = {label: torch.compile(models[label]) for label in COMPILED_VARIANTS if label in models}
     section_inference(check, scale, compiled_models, budgets, device, precisions=(COMPILED_PRECISION,),
                       section="compiled_inference")
 

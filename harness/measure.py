@@ -232,19 +232,11 @@ def inference_throughput(model: nn.Module, image_size: int, device: torch.device
         batch_size //= 2
 
 
-def compiled(model: nn.Module) -> nn.Module:
-    """``torch.compile(model)`` with dynamo's caches cleared first. Each run's models are new objects, and every
-    one recompiles the same code; past dynamo's recompile limit (8) it would run them eagerly, warning once, while
-    the rows still said compiled."""
-    torch._dynamo.reset()
-    return torch.compile(model)
-
-
 def deployed_throughput(model: nn.Module, image_size: int, device: torch.device, settings: MeasureConfig,
                         batch_size: int | None = None) -> Throughput:
     """Throughput as a run measures its model: compiled when ``settings.compile`` says so, at ``batch_size``
     (default: the headline batch, ``settings.batches[0]``), in ``settings.precision``."""
-    measured = compiled(model) if settings.compile else model
+    measured = torch.compile(model) if settings.compile else model
     return inference_throughput(measured, image_size, device, batch_size=batch_size or settings.batches[0],
                                 settings=settings)
 

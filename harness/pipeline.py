@@ -23,8 +23,8 @@ from .checkpoint import Checkpointer
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import Normalize, TaskData, make_loader
-from .measure import (MeasureConfig, autocast, compiled, count_gmacs, count_parameters, gmacs_per_block,
-                      inference_throughput, measure_until_quiet, peak_memory, silence_native_stderr)
+from .measure import (MeasureConfig, autocast, count_gmacs, count_parameters, gmacs_per_block, inference_throughput,
+                      measure_until_quiet, peak_memory, silence_native_stderr)
 from .train import Trainer, backend_flags, build_optimizer, fit, selection_splits
 
 Log = Callable[[str], None]
@@ -201,7 +201,7 @@ def measure_inference(model: torch.nn.Module, image_size: int, device: torch.dev
                       settings: MeasureConfig) -> dict:
     """Throughput at every batch of the sweep, each measured again while noisy (up to ``settings.attempts``
     times); the first batch gives the headline columns."""
-    measured = compiled(model) if settings.compile else model  # once: every batch and attempt reuse it
+    measured = torch.compile(model) if settings.compile else model  # once: every batch and attempt reuse it
     metrics: dict = {"precision": settings.precision, "compiled": settings.compile}
     for index, batch in enumerate(settings.batches):
         throughput = measure_until_quiet(

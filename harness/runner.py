@@ -128,6 +128,10 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
              options: RunOptions, executor: dict, on_epoch: Callable[[dict], None] | None) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.train.compile or config.measure.compile:
+        # Each run compiles new models of the same classes; past dynamo's recompile limit (8) an inline sweep's
+        # later runs would run eagerly, warning once, while their rows said compiled.
+        torch._dynamo.reset()
     # Set before anything is timed, for the whole process; the record says what was set.
     record = {**new_record(config, task), "environment": environment(device, steady_host_allocator()),
               "executor": executor}

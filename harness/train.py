@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import Normalize, TaskData
 from .checkpoint import Checkpointer, restore_rng, rng_state
 from .errors import NonFiniteLoss, UserError
-from .measure import PRECISIONS, autocast, compiled
+from .measure import PRECISIONS, autocast
 
 SELECTIONS = ("test", "val")  # TrainConfig.selection: what picks the reported evaluation (module docstring)
 
@@ -147,7 +147,7 @@ class Trainer:
         check_precision(precision, self.device)
         self.precision = precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-        self.trained = compiled(model) if compile else model  # what train_step runs
+        self.trained = torch.compile(model) if compile else model  # what train_step runs
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one uint8 batch; returns the (detached) loss without syncing."""

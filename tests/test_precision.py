@@ -238,3 +238,21 @@ def test_fp32_runs_and_records_from_before_the_switches_get_no_note(tmp_path):
     older = [run_record("lora", "count", seed=seed) for seed in range(2, 4)]
     notes = _notes(tmp_path, "plain", fp32 + older)
     assert not any(word in note for note in notes for word in ("--train-precision", "--tf32", "--compile-train"))
+
+
+def test_each_compiling_run_starts_from_cleared_dynamo_caches(plugin_file, tmp_path, monkeypatch):
+    """Runs of one inline sweep compile new models of the same classes: past dynamo's recompile limit the later
+    ones would silently run eagerly, so each run that compiles clears the caches first, and no other run does."""
+    resets = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    common = ["--plugins", str(plugin_file), "--methods", "bitfit", "--tasks", "tiny", "--bench-batch", "8",
+              "--seeds", "0,1"]
+    result = invoke(*common, "--out", str(tmp_path / "plain"))
+    assert result.exit_code == 0, result.output
+    assert resets == []
+    for flag in ("--compile-train", "--compile"):
+        resets.clear()
+        result = invoke(*common, flag, "--out", str(tmp_path / flag.strip("-")))
+        assert result.exit_code == 0 and "2 ok, 0 failed" in result.output, result.output
+        assert len(resets) == 2

@@ -142,7 +142,9 @@ MATCH_TOLERANCE = 0.10
 @main.command("run", cls=RunCommand, context_settings=CONTEXT, epilog=RUN_EPILOG)
 @click.option("--preset", type=click.Choice([*presets.paper_presets(), "list"]), default=None,
               help="A paper's whole set-up (harness/presets/paper/): methods, tasks, levels, backbone, recipe, "
-                   "normalisation, timing; any option given explicitly overrides it. 'list' shows them.")
+                   "normalisation, timing; any option given explicitly overrides it. The closing report sets the "
+                   "board beside the paper's published figures where the preset lists them (report --paper). "
+                   "'list' shows them.")
 @click.option("--methods", default=",".join(DEFAULTS["methods"]), show_default=True,
               help="Comma-separated methods (see --list).")
 @click.option("--tasks", default=",".join(DEFAULTS["tasks"]), show_default=True,
@@ -293,13 +295,14 @@ def _with_preset(options: dict) -> dict:
     """The run command's options with the chosen paper preset applied (``--preset list``: to be listed)."""
     name = options.pop("preset")
     if name in (None, "list"):
-        return {**options, "train_defaults": {}, "list_presets": name == "list"}
+        return {**options, "train_defaults": {}, "list_presets": name == "list", "paper": None}
     context = click.get_current_context()
     explicit = {key for key in options if context.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
     preset = presets.paper_presets()[name]
     options, train_defaults = expand_preset(preset, options, explicit)
     click.echo(f"Preset {name}: {preset['description']}")
-    return {**options, "train_defaults": train_defaults, "list_presets": False}
+    paper = name if name in presets.published_presets() else None  # the run's report sets it beside the paper
+    return {**options, "train_defaults": train_defaults, "list_presets": False, "paper": paper}
 
 
 def _print_presets() -> None:
@@ -318,7 +321,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
           slurm_cpus_per_job: int | None, slurm_array_parallelism: int, slurm_account: str | None,
           slurm_opt: tuple[str, ...], slurm_cluster: str, wait: bool, checkpoint_every: int, timeout: float | None,
           rerun_failed: bool, force: bool, write_report: bool, list_only: bool, dry_run: bool, no_estimate: bool,
-          train_defaults: dict, list_presets: bool) -> int:
+          train_defaults: dict, list_presets: bool, paper: str | None) -> int:
     plugin_sources = [source for value in plugins for source in _split(value)]
     registry.load_plugins(plugin_sources)
     if list_only or list_presets:
@@ -412,7 +415,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
                f"Per-run files: {out}/*.json; all runs: {csv_path}")
     if write_report and len(failed) < len(records):
         click.echo(f"\nReport of {out}/ (python run.py report {out}):")
-        _report((out,), None, (), None, False, "best", MATCH_TOLERANCE, ())
+        _report((out,), None, (), None, False, "best", MATCH_TOLERANCE, paper, ())
     return 1 if failed else 0
 
 
@@ -553,6 +556,10 @@ def _migrate(runs: tuple[Path, ...], plugins: tuple[str, ...]) -> int:
               help="Adverse Compression: a verdict only for pairs whose small model runs within this fraction of "
                    "the compressed model's throughput (matched_throughput_ratio 0.9-1.1 by default); others are "
                    "'unmatched (ratio x)'.")
+@click.option("--paper", type=click.Choice(presets.published_presets()), default=None,
+              help="Also compare the board with the figures this paper preset lists as published "
+                   "(harness/presets/paper/NAME.toml, [published]): accuracies ours - paper, and speed-ups, on the "
+                   "preset's backbone and suite; writes paper_NAME.csv/.md. A run with --preset NAME does this.")
 @click.option("--plugins", multiple=True,
               help="Ignored: run files describe their own tasks and methods (kept so old command lines still work)")
 def report(**options: object) -> None:
@@ -567,7 +574,8 @@ def report(**options: object) -> None:
 
 
 def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], baseline: Path | None,
-            publish: bool, accuracy: str, match_tolerance: float, plugins: tuple[str, ...]) -> int:
+            publish: bool, accuracy: str, match_tolerance: float, paper: str | None,
+            plugins: tuple[str, ...]) -> int:
     from . import report as analysis  # pandas, scipy and matplotlib load only for the report
 
     del plugins  # run files describe their own tasks and methods: no plugin is needed to report on them
@@ -584,13 +592,16 @@ def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], 
     analysis.check_compare(frame, comparisons, where)
     if baseline is not None:
         analysis.read_baseline(baseline)
+    published = None if paper is None else analysis.published(paper)
+    if published is not None and published.suite not in set(frame["suite"]):
+        click.echo(f"note: --paper {paper}: no runs of suite {published.suite} to compare with the paper")
     out = out or folders[0] / "report"
     _check_writable(out)
     root = click.get_current_context().find_root()
     command = shlex.join([root.info_name or "run.py", *root.meta.get(_ARGV, [])])
     for suite, suite_runs in frame.groupby("suite"):
         result = analysis.write_suite_report(suite_runs, out / suite, compare=comparisons, baseline=baseline,
-                                             accuracy=accuracy, match_tolerance=match_tolerance)
+                                             accuracy=accuracy, match_tolerance=match_tolerance, paper=published)
         _print_suite(result)
         if publish:
             target = analysis.publish(result, analysis.provenance(suite_runs, skipped, command, accuracy))
@@ -614,6 +625,9 @@ def _print_suite(result: SuiteReport) -> None:
             click.echo(f"\n{title}:\n" + analysis.verdict_lines(table))
     if result.baseline:
         click.echo(f"\nBaseline {result.baseline}")
+    if result.paper is not None:
+        click.echo(f"\nAgainst the paper: {result.paper.source}\n{result.paper_summary}:\n"
+                   + analysis.paper_lines(result.paper_table, result.paper.main_metric))
     click.echo(f"\nWrote {len(result.written)} files to {result.folder}/: "
                + ", ".join(path.name for path in result.written))
     plot = result.folder / "pareto_throughput.png"

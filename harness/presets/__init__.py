@@ -3,9 +3,9 @@
 ``timing.toml`` (how inference is timed), ``merge_schedules.toml`` (compression levels and per-block merge
 schedules), ``backbones.toml`` (the backbones adaptbench knows by name, their families and LoRA ranks),
 ``defaults.toml`` (what the command line runs when it is told nothing) and ``paper/*.toml`` (whole published
-set-ups, ``--preset``: what to run and the recipe, each value with where in the original it comes from). Each value carries a comment saying
-where it comes from; code reads them through :func:`load` and derives its choices from them, so a preset and
-the CLI can never drift apart.
+set-ups, ``--preset``: what to run and the recipe; and, where a preset has them, the figures its paper reports,
+``[published]``, for ``report --paper``). Each value carries a comment saying where it comes from; code reads
+them through :func:`load` and derives its choices from them, so a preset and the CLI can never drift apart.
 """
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ PAPER_DIR = "paper"
 def paper_presets() -> dict[str, dict]:
     """Every paper preset by name (its file's stem), as its file says."""
     return {path.stem: load(f"{PAPER_DIR}/{path.stem}") for path in sorted((PRESETS_DIR / PAPER_DIR).glob("*.toml"))}
+
+
+def published_presets() -> list[str]:
+    """The paper presets that list the paper's own figures (a ``[published]`` table), for ``report --paper``."""
+    return [name for name, preset in paper_presets().items() if "published" in preset]
 
 
 @functools.cache

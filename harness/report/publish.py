@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # What one report writes into a suite folder, and of that, what --publish copies into results/<suite>/.
 PUBLISHED_FILES = ("leaderboard.csv", "leaderboard.md", "adverse_compression.csv", "adverse_compression.md",
-                   "pareto_*.png", "pareto_*.svg")
+                   "pareto_*.png", "pareto_*.svg", "paper_*.csv", "paper_*.md")
 REPORT_FILES = PUBLISHED_FILES + ("compare_*.csv", "compare_*.md", "baseline_diff.csv", "baseline_diff.md",
                                   "provenance.json")
 RESULTS_ENV = "ADAPTBENCH_RESULTS"

@@ -131,9 +131,13 @@ def sort_rows(frame: pd.DataFrame, methods: Methods | None = None) -> pd.DataFra
     return frame.loc[order].reset_index(drop=True)
 
 
+def method_label(row: Mapping) -> str:
+    """``method@level``, or the method alone when uncompressed."""
+    return row["method"] if is_uncompressed(row["compression"]) else f"{row['method']}@{row['compression']}"
+
+
 def row_label(row: Mapping) -> str:
-    level = "" if is_uncompressed(row["compression"]) else f"@{row['compression']}"
-    return f"{row['method']}{level} ({row['backbone']}, {row['device_name']})"
+    return f"{method_label(row)} ({row['backbone']}, {row['device_name']})"
 
 
 def task_names(board: pd.DataFrame) -> list[str]:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..vocabulary import SMALL_MODEL_BASELINE
 from .schema import (ACCURACY_COLUMN, BASELINE_ACCURACY_COLUMNS, Accuracy, accuracy_choice, accuracy_of, group_names,
-                     higher_is_better, task_names)
+                     higher_is_better, method_label, task_names)
 
 MAX_MARKDOWN_TASKS = 8  # leaderboard.md shows per-task accuracies up to this many tasks; the CSV always does
 
@@ -175,10 +175,25 @@ def verdict_lines(table: pd.DataFrame) -> str:
     lines = []
     for _, row in table.iterrows():
         who = (f"{row['a']} - {row['b']}" if "a" in table
-               else f"{row['method']}@{row['compression']} - {SMALL_MODEL_BASELINE}")
+               else f"{method_label(row)} - {SMALL_MODEL_BASELINE}")
         figures = (["–"] * 3 if pd.isna(row["mean_diff"]) else
                    [f"{row['mean_diff']:+.2f}", f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]",
                     _p_value(row["wilcoxon_p"])])
         lines.append([who, *figures, row["n"], row["verdict"], f"{row['backbone']} on {row['device_name']}"])
     return tabulate(lines, headers=["", "mean diff", "95% CI", "p", "n", "verdict", "where"], tablefmt="simple",
                     disable_numparse=True)
+
+
+def paper_lines(table: pd.DataFrame, metric: str) -> str:
+    """A ``--paper`` comparison as console lines: per published row the paper's ``metric``, ours and the
+    difference, and the two speed-ups."""
+    from tabulate import tabulate
+
+    lines = []
+    for _, row in table.iterrows():
+        figures = [_ACC(row[f"{metric}_paper"]), _ACC(row[f"{metric}_ours"]),
+                   "–" if pd.isna(row[f"{metric}_delta"]) else f"{row[f'{metric}_delta']:+.2f}"]
+        speedups = [_fixed(2, "x")(row["speedup_paper"]), _fixed(2, "x")(row["speedup_ours"])]
+        lines.append([method_label(row), *figures, *speedups, f"{row['backbone']} on {row['device_name']}"])
+    return tabulate(lines, headers=["", f"{metric} paper", "ours", "ours - paper", "speed-up paper", "ours", "where"],
+                    tablefmt="simple", disable_numparse=True)

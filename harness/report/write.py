@@ -1,5 +1,5 @@
 """One suite's report written into its folder: leaderboard, Pareto plots, the Adverse Compression table,
-``--compare`` tables and ``--baseline`` differences."""
+``--compare`` tables, ``--baseline`` differences and the ``--paper`` comparison."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,6 +11,7 @@ import pandas as pd
 from .baseline import accuracy_mismatch, baseline_diff, baseline_summary, read_baseline
 from .board import leaderboard, missing_tasks
 from .paired import MATCH_TOLERANCE, Selector, adverse_compression, compare_methods
+from .paper import Published, paper_comparison, paper_notes, paper_summary
 from .publish import clear_report_files
 from .schema import ACCURACIES, DEFAULT_ACCURACY, ROW_KEY, Accuracy, Methods, accuracy_choice, row_label
 from .tables import leaderboard_markdown, table_markdown
@@ -28,6 +29,9 @@ class SuiteReport:
     comparisons: dict[str, pd.DataFrame] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     baseline: str | None = None
+    paper: Published | None = None  # --paper, where this suite has runs of the paper's backbone
+    paper_table: pd.DataFrame | None = None
+    paper_summary: str | None = None
     written: list[Path] = field(default_factory=list)
 
 
@@ -79,10 +83,11 @@ def _write_table(frame: pd.DataFrame, markdown: str, folder: Path, stem: str) ->
 
 def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tuple[Selector, Selector]] = (),
                        baseline: Path | None = None, accuracy: str = DEFAULT_ACCURACY,
-                       match_tolerance: float = MATCH_TOLERANCE) -> SuiteReport:
+                       match_tolerance: float = MATCH_TOLERANCE, paper: Published | None = None) -> SuiteReport:
     """Leaderboard, Pareto plots, Adverse Compression table (verdicts for pairs within ``match_tolerance`` of
-    equal throughput), comparisons and baseline differences of one suite's runs, written into ``folder``, all of
-    the per-run ``accuracy`` (:data:`~.schema.ACCURACIES`)."""
+    equal throughput), comparisons, baseline differences and, for the suite and backbone of ``paper``, the
+    comparison with its published figures, of one suite's runs, written into ``folder``, all of the per-run
+    ``accuracy`` (:data:`~.schema.ACCURACIES`)."""
     from .plots import write_pareto_plots  # matplotlib loads only when a report is made
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +130,22 @@ def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tu
         if mismatch:
             report.warnings.append(mismatch)
         report.written += _write_table(diff, table_markdown(diff), folder, "baseline_diff")
+    if paper is not None and paper.suite == suite:
+        _add_paper(report, paper)
     return report
+
+
+def _add_paper(report: SuiteReport, paper: Published) -> None:
+    table = paper_comparison(report.board, paper)
+    if table.empty:
+        report.warnings.append(f"--paper {paper.name}: no runs of {paper.backbone} in suite {report.suite} to "
+                               f"compare with the paper")
+        return
+    report.paper, report.paper_table, report.paper_summary = paper, table, paper_summary(table, paper)
+    report.warnings += paper_notes(table, paper, report.accuracy)
+    heading = f"{paper.source}, beside this board (ours - paper; speed-ups over each side's own uncompressed row).\n\n"
+    report.written += _write_table(table, heading + table_markdown(table, report.accuracy), report.folder,
+                                   _file_safe(f"paper_{paper.name}"))
 
 
 def _file_safe(name: str) -> str:

@@ -301,7 +301,9 @@ def _with_preset(options: dict) -> dict:
     preset = presets.paper_presets()[name]
     options, train_defaults = expand_preset(preset, options, explicit)
     click.echo(f"Preset {name}: {preset['description']}")
-    paper = name if name in presets.published_presets() else None  # the run's report sets it beside the paper
+    # A preset reproduces a paper: where the preset lists what the paper reports, the run's report shows how close
+    # it came.
+    paper = name if name in presets.published_presets() else None
     return {**options, "train_defaults": train_defaults, "list_presets": False, "paper": paper}
 
 
@@ -626,7 +628,7 @@ def _print_suite(result: SuiteReport) -> None:
     if result.baseline:
         click.echo(f"\nBaseline {result.baseline}")
     if result.paper is not None:
-        click.echo(f"\nAgainst the paper: {result.paper.source}\n{result.paper_summary}:\n"
+        click.echo(f"\nAgainst the paper: {result.paper.source}\n{result.paper_difference}:\n"
                    + analysis.paper_lines(result.paper_table, result.paper.main_metric))
     click.echo(f"\nWrote {len(result.written)} files to {result.folder}/: "
                + ", ".join(path.name for path in result.written))

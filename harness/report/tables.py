@@ -43,6 +43,11 @@ def _fixed(digits: int, suffix: str = "") -> Callable[[float], str]:
     return lambda value: "–" if pd.isna(value) else f"{value:.{digits}f}{suffix}"
 
 
+def _signed(value: float) -> str:
+    """A difference in accuracy points, with its sign."""
+    return "–" if pd.isna(value) else f"{value:+.2f}"
+
+
 # Leaderboard columns for Markdown and the console: (column, header, format); the group averages
 # (acc_<group>) come after ``seeds``, and whether higher is better is :func:`higher_is_better`'s.
 _ACC = _fixed(2)
@@ -134,15 +139,18 @@ def console_leaderboard(board: pd.DataFrame) -> str:
 
 
 def table_markdown(table: pd.DataFrame, accuracy: Accuracy | None = None) -> str:
-    """Markdown of an Adverse Compression, ``--compare`` or baseline table: differences to two decimals,
-    p-values to four, other numbers to three significant digits. A table of another accuracy than the default
-    (``accuracy``, else the table's ``accuracy`` column; a baseline table's ``accuracy_old`` and
-    ``accuracy_new``) opens with a line naming it instead of repeating it in every row."""
+    """Markdown of an Adverse Compression, ``--compare``, baseline or ``--paper`` table: differences to two
+    decimals (accuracy changes, ``acc_..._delta``, with their sign), p-values to four, other numbers to three
+    significant digits. A table of another accuracy than the default (``accuracy``, else the table's ``accuracy``
+    column; a baseline table's ``accuracy_old`` and ``accuracy_new``) opens with a line naming it instead of
+    repeating it in every row."""
     from tabulate import tabulate
 
     def cell(column: str, value: object) -> str:
         if column == "wilcoxon_p":
             return _p_value(value)
+        if column.startswith("acc_") and column.endswith("_delta"):
+            return _signed(value)
         if column in ("mean_diff", "ci_low", "ci_high") or column.startswith("acc_"):
             return _fixed(2)(value)
         return _number(value) if isinstance(value, (int, float, np.number)) else _plain(value)
@@ -177,7 +185,7 @@ def verdict_lines(table: pd.DataFrame) -> str:
         who = (f"{row['a']} - {row['b']}" if "a" in table
                else f"{method_label(row)} - {SMALL_MODEL_BASELINE}")
         figures = (["–"] * 3 if pd.isna(row["mean_diff"]) else
-                   [f"{row['mean_diff']:+.2f}", f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]",
+                   [_signed(row["mean_diff"]), f"[{_signed(row['ci_low'])}, {_signed(row['ci_high'])}]",
                     _p_value(row["wilcoxon_p"])])
         lines.append([who, *figures, row["n"], row["verdict"], f"{row['backbone']} on {row['device_name']}"])
     return tabulate(lines, headers=["", "mean diff", "95% CI", "p", "n", "verdict", "where"], tablefmt="simple",
@@ -191,8 +199,7 @@ def paper_lines(table: pd.DataFrame, metric: str) -> str:
 
     lines = []
     for _, row in table.iterrows():
-        figures = [_ACC(row[f"{metric}_paper"]), _ACC(row[f"{metric}_ours"]),
-                   "–" if pd.isna(row[f"{metric}_delta"]) else f"{row[f'{metric}_delta']:+.2f}"]
+        figures = [_ACC(row[f"{metric}_paper"]), _ACC(row[f"{metric}_ours"]), _signed(row[f"{metric}_delta"])]
         speedups = [_fixed(2, "x")(row["speedup_paper"]), _fixed(2, "x")(row["speedup_ours"])]
         lines.append([method_label(row), *figures, *speedups, f"{row['backbone']} on {row['device_name']}"])
     return tabulate(lines, headers=["", f"{metric} paper", "ours", "ours - paper", "speed-up paper", "ours", "where"],

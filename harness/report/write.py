@@ -11,7 +11,7 @@ import pandas as pd
 from .baseline import accuracy_mismatch, baseline_diff, baseline_summary, read_baseline
 from .board import leaderboard, missing_tasks
 from .paired import MATCH_TOLERANCE, Selector, adverse_compression, compare_methods
-from .paper import Published, paper_comparison, paper_notes, paper_summary
+from .paper import Published, paper_comparison, paper_difference, paper_notes
 from .publish import clear_report_files
 from .schema import ACCURACIES, DEFAULT_ACCURACY, ROW_KEY, Accuracy, Methods, accuracy_choice, row_label
 from .tables import leaderboard_markdown, table_markdown
@@ -31,7 +31,7 @@ class SuiteReport:
     baseline: str | None = None
     paper: Published | None = None  # --paper, where this suite has runs of the paper's backbone
     paper_table: pd.DataFrame | None = None
-    paper_summary: str | None = None
+    paper_difference: str | None = None  # the main accuracy's mean and largest difference, one line
     written: list[Path] = field(default_factory=list)
 
 
@@ -138,10 +138,11 @@ def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tu
 def _add_paper(report: SuiteReport, paper: Published) -> None:
     table = paper_comparison(report.board, paper)
     if table.empty:
+        backbones = ", ".join(sorted(set(report.board["backbone"].astype(str))))
         report.warnings.append(f"--paper {paper.name}: no runs of {paper.backbone} in suite {report.suite} to "
-                               f"compare with the paper")
+                               f"compare with the paper (the suite's backbones: {backbones})")
         return
-    report.paper, report.paper_table, report.paper_summary = paper, table, paper_summary(table, paper)
+    report.paper, report.paper_table, report.paper_difference = paper, table, paper_difference(table, paper)
     report.warnings += paper_notes(table, paper, report.accuracy)
     heading = f"{paper.source}, beside this board (ours - paper; speed-ups over each side's own uncompressed row).\n\n"
     report.written += _write_table(table, heading + table_markdown(table, report.accuracy), report.folder,

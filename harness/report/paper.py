@@ -118,7 +118,8 @@ def paper_comparison(board: pd.DataFrame, paper: Published) -> pd.DataFrame:
     ``speedup`` where the board divided by that method, else NaN). Empty when no row of the board is of the
     paper's backbone."""
     ours = board[board["backbone"].astype(str) == paper.backbone]
-    reference = paper.reference
+    reference, metrics = paper.reference, paper.metrics
+    paper_base = reference.get(PAPER_THROUGHPUT) if reference is not None else None
     rows = []
     for device, device_rows in ours.groupby("device_name", sort=False):
         by_key = {(row["method"], row["compression"]): row for _, row in device_rows.iterrows()}
@@ -127,12 +128,11 @@ def paper_comparison(board: pd.DataFrame, paper: Published) -> pd.DataFrame:
             row = {"device_name": device, "backbone": paper.backbone, "method": theirs["method"],
                    "compression": theirs["compression"], "ran": mine is not None,
                    "tasks": mine["tasks"] if mine is not None else pd.NA}
-            for metric in paper.metrics:
+            for metric in metrics:
                 published_value = float(theirs.get(metric, np.nan))
                 value = float(mine[metric]) if mine is not None and metric in mine else np.nan
                 row.update({f"{metric}_paper": published_value, f"{metric}_ours": value,
                             f"{metric}_delta": value - published_value})
-            paper_base = reference.get(PAPER_THROUGHPUT) if reference is not None else None
             row["speedup_paper"] = (theirs[PAPER_THROUGHPUT] / paper_base
                                     if PAPER_THROUGHPUT in theirs and paper_base else np.nan)
             divided_by_reference = (mine is not None and reference is not None

@@ -62,10 +62,11 @@ def published(name: str) -> Published:
         raise UserError(f"{where} lists no published figures ([published]); --paper takes one of "
                         f"{', '.join(presets.published_presets()) or 'none'}")
     table = preset["published"]
-    absent = [key for key in ("source", "suite") if not isinstance(table.get(key), str)]
-    if absent or not isinstance(preset.get("run", {}).get("backbone"), str):
-        raise UserError(f"{where}: needs [published] {' and '.join(absent or ['source'])} and [run] backbone, as "
-                        f"text")
+    absent = [f"[published] {key}" for key in ("source", "suite") if not isinstance(table.get(key), str)]
+    if not isinstance(preset.get("run", {}).get("backbone"), str):
+        absent.append("[run] backbone")
+    if absent:
+        raise UserError(f"{where}: needs {' and '.join(absent)}, as text")
     accuracy = table.get("accuracy", "best")
     if accuracy not in ACCURACIES:
         raise UserError(f"{where}: [published] accuracy '{accuracy}' is none of {', '.join(ACCURACIES)}")

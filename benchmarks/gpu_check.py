@@ -635,6 +635,8 @@ def project(results: dict) -> dict:
                for level in (run["compression"] if registry.get_method(method).compresses else [None])]
     search_steps = inspect.signature(registry.get_method("diffrate").fn).parameters["search_steps"].default
     candidates = len(smaller_in_family(known_backbone_named(PROJECTED_BACKBONE)))
+    # small_peft's own timing of its speed match (interleaved rounds), as the plugin runs it
+    match_rounds = sys.modules[registry.get_method("small_peft").fn.__module__].match_rounds(measure)
     tasks, test_images = len(VTAB_TEST_SIZES), sum(VTAB_TEST_SIZES.values())
     data = results.get("data", {})
     train_images = data.get("train_images") or VTAB_TRAIN_IMAGES
@@ -649,8 +651,11 @@ def project(results: dict) -> dict:
             "diffrate trains and evaluates at tome's measured speed at the same level (same GMACs target); its "
             f"rate search ({search_steps} steps, fp32: it runs in adapt, outside autocast) is costed at "
             f"{SEARCH_STEP_FACTOR:.2f} x LoRA's fp32 step",
-            f"small_peft trains LoRA on ViT-S at both levels (the only smaller backbone of the family); each run "
-            f"first times tome at its level and {candidates} candidate(s) under the timing preset",
+            f"small_peft trains LoRA on ViT-S at both levels (the only smaller backbone of the family); its speed "
+            f"match times tome at the level and {candidates} candidate(s) in {len(match_rounds)} interleaved rounds "
+            f"of the timing preset (later rounds with one warm-up iteration), once per level: the preset's command "
+            f"runs inline, and the process keeps the match for its later runs; with --executor local or slurm "
+            f"every run is a process of its own and times it again (small_peft_match_per_run_h)",
             f"an epoch is {VTAB_TRAIN_IMAGES:,} images (train800val200) at the measured epoch time, scaled by "
             f"{VTAB_TRAIN_IMAGES:,} / {train_images:,} images measured; plus 2 steps (memory probe, first step)",
             f"{evaluations} evaluations per run of the task's test split at the measured evaluation img/s, in the "
@@ -666,6 +671,7 @@ def project(results: dict) -> dict:
     for precision in PRECISIONS:
         rows, missing = [], []
         totals = dict.fromkeys(("train", "eval", "measure", "diffrate_search", "small_peft_match"), 0.0)
+        match_per_run_h = 0.0
         for method, level in configs:
             name = f"{method}-{level}" if level else method
             source = PROJECTION_SOURCES[method].format(level=level)
@@ -687,10 +693,13 @@ def project(results: dict) -> dict:
                     extra["diffrate_search"] = search_steps * SEARCH_STEP_FACTOR * lora["step_ms"] / 1000
             if method == "small_peft":
                 reference = _deployed_img_per_s(results, f"tome-{level}")
-                extra["small_peft_match"] = (_measurement_seconds(measure, 1 / reference if reference else 0.0)
-                                             + candidates * _measurement_seconds(measure, per_image))
+                match_s = sum(_measurement_seconds(settings, 1 / reference if reference else 0.0)
+                              + candidates * _measurement_seconds(settings, per_image) for settings in match_rounds)
+                match_per_run_h += tasks * match_s / 3600
             hours = {"train": tasks * train_s / 3600, "eval": eval_s / 3600, "measure": tasks * measure_s / 3600,
                      **{key: tasks * value / 3600 for key, value in extra.items()}}
+            if method == "small_peft":
+                hours["small_peft_match"] = match_s / 3600  # once per level, whatever the number of tasks
             for key, value in hours.items():
                 totals[key] += value
             rows.append({"config": name, "from": f"{source} {precision}", "train_img_per_s": cell["train_img_per_s"],
@@ -700,7 +709,8 @@ def project(results: dict) -> dict:
         totals_h["decode_h"] = decode_s / 3600
         projection[precision] = {"rows": rows, "missing": missing, **totals_h,
                                  "total_h": sum(totals_h.values()) if not missing else None,
-                                 "partial_total_h": sum(totals_h.values())}
+                                 "partial_total_h": sum(totals_h.values()),
+                                 "small_peft_match_per_run_h": match_per_run_h}
     return projection
 
 
@@ -846,6 +856,10 @@ def render_markdown(results: dict) -> str:
                         ["training precision", "train h", "eval h", "measurement h", "diffrate search h",
                          "small_peft match h", "decode h", "total GPU-h"]))
     lines.append("")
+    if any("small_peft_match_per_run_h" in projection.get(precision, {}) for precision in PRECISIONS):
+        lines += [f"With `--executor local` or `slurm` (a process per run) small_peft times its speed match in every "
+                  f"run: {_f(projection.get('fp32', {}).get('small_peft_match_per_run_h'), '.2f')} h in all instead of "
+                  f"{_f(projection.get('fp32', {}).get('small_peft_match_h'), '.2f')} h.", ""]
     per_config = {}
     for precision in PRECISIONS:
         for row in projection.get(precision, {}).get("rows", []):

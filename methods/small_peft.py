@@ -59,15 +59,20 @@ def _like(model: nn.Module, name: str) -> nn.Module:
     return small.to(device)
 
 
+def match_rounds(settings: MeasureConfig, rounds: int = MATCH_ROUNDS) -> list[MeasureConfig]:
+    """The timing settings of each round of the speed match: only the first round warms the models up for the
+    run's warm-up time; later ones find them warm and take one warm-up iteration."""
+    warm = dataclasses.replace(settings, warmup_iters=1, warmup_seconds=0.0)
+    return [settings] + [warm] * (rounds - 1)
+
+
 def _interleaved_throughputs(models: dict[str, nn.Module], settings: MeasureConfig,
                              rounds: int = MATCH_ROUNDS) -> dict[str, float]:
     """Each deployed model's headline throughput, timed as the run will time the model it compares with: the
-    median of ``rounds`` rounds, each of which times every model in turn. Only the first round warms the models
-    up for the run's warm-up time; later ones find them warm and take one warm-up iteration."""
+    median of ``rounds`` rounds (:func:`match_rounds`), each of which times every model in turn."""
     deployed = {name: harness.merge_for_inference(copy.deepcopy(model)).eval() for name, model in models.items()}
     timed: dict[str, list[float]] = {name: [] for name in deployed}
-    warm = dataclasses.replace(settings, warmup_iters=1, warmup_seconds=0.0)
-    for round_settings in [settings] + [warm] * (rounds - 1):
+    for round_settings in match_rounds(settings, rounds):
         for name, model in deployed.items():
             device = next(model.parameters()).device
             timed[name].append(deployed_throughput(model, model.patch_embed.img_size[0], device,

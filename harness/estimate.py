@@ -24,6 +24,7 @@ from .backbones import create_backbone
 from .config import RunConfig
 from .data import Normalize, TaskData
 from .measure import MeasureConfig, autocast, device_synchronizer
+from .pipeline import TEST_BATCH
 from .train import Trainer, build_optimizer
 
 TIMED_STEPS = 3
@@ -62,11 +63,21 @@ def _batch(size: int, count: int, num_classes: int) -> tuple[torch.Tensor, torch
             torch.randint(0, max(1, num_classes), (count,)))
 
 
+def timing_batches(device: torch.device, batch: int) -> tuple[list[int], int]:
+    """The batches a training step is timed at, and the batch inference is timed at. A GPU is timed at the run's
+    own: its training batch and the evaluation's (:data:`harness.pipeline.TEST_BATCH`), since its time per image
+    falls as the batch grows; a CPU's time per image hardly moves, so the largest training batch timed serves."""
+    if device.type == "cuda":
+        return [batch], TEST_BATCH
+    counts = sorted({min(batch, count) for count in CPU_TIMING_BATCHES})
+    return counts, counts[-1]
+
+
 def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Timing:
     """Adapt a random-init model as ``config`` says and time its steps on random images."""
     synchronize = device_synchronizer(device)
     size, batch = config.data.img_size, config.train.batch_size
-    counts = sorted({min(batch, count) for count in CPU_TIMING_BATCHES}) if device.type != "cuda" else [batch]
+    counts, infer_count = timing_batches(device, batch)
     batches = [_batch(size, count, num_classes) for count in counts]
     normalize = Normalize(config.data.mean, config.data.std, device)
     context = {"train_data": [normalize(batches[0][0])], "measure": QUICK_TIMING}
@@ -81,12 +92,12 @@ def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Tim
     for images, labels in batches:
         trainer.train_step(images, labels)  # warm-up
         steps.append(min(_timed(lambda: trainer.train_step(images, labels), synchronize) for _ in range(TIMED_STEPS)))
-    images = batches[-1][0]
+    images = batches[-1][0] if infer_count == counts[-1] else _batch(size, infer_count, num_classes)[0]
     model.eval()
     with torch.inference_mode(), autocast(device, config.train.precision):
         model(normalize(images))
         infer = min(_timed(lambda: model(normalize(images)), synchronize) for _ in range(TIMED_STEPS))
-    return Timing(adapt_seconds, _extend(counts, steps, batch), infer / counts[-1])
+    return Timing(adapt_seconds, _extend(counts, steps, batch), infer / infer_count)
 
 
 def _extend(counts: list[int], seconds: list[float], batch: int) -> float:

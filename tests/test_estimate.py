@@ -53,6 +53,14 @@ def test_a_real_model_is_timed_on_random_images():
     assert timing.step_seconds > 0 and timing.infer_seconds_per_image > 0 and timing.adapt_seconds >= 0
 
 
+def test_a_gpu_is_timed_at_the_runs_own_batches_a_cpu_at_small_ones():
+    from harness.pipeline import TEST_BATCH
+
+    # a GPU's time per image falls with the batch: evaluation runs at TEST_BATCH, so inference is timed there
+    assert estimates.timing_batches(torch.device("cuda"), 32) == ([32], TEST_BATCH)
+    assert estimates.timing_batches(torch.device("cpu"), 32) == ([4, 8], 8)
+    assert estimates.timing_batches(torch.device("cpu"), 6) == ([4, 6], 6)
+
 def test_the_dry_run_prints_the_estimate_and_the_run_compares_it_with_the_truth(plugin_file, tmp_path):
     from click.testing import CliRunner
 

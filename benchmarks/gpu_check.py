@@ -26,6 +26,9 @@ and budgets, to test the script on a CPU):
   kernels is what the speed-up target lacks); skipped with under two minutes left before the deadline;
 - repeatability: five measurements of full ViT-B in fp32 at batch 256, their spread (max - min) / mean and
   coefficient of variation;
+- agreement: each inference model's fp32 logits on the device against the same weights on the CPU (16 random
+  images), so that a device kernel computing another function (the fused attention with the size bias, the
+  merge) shows;
 - projection: GPU-hours of ``python run.py --preset pyra-vit-b`` (9 configs x 19 tasks x 100 epochs, 10
   evaluations of each task's test set per run, the timing preset's measurement per run) from the figures above,
   with bf16 training and fp32 (the preset's) side by side.
@@ -41,6 +44,7 @@ or was skipped, 2 on bad options.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import gc
@@ -106,6 +110,11 @@ REPEAT_VARIANT, REPEAT_PRECISION = "full", "fp32"
 # are skipped. Not in --tiny: a compilation on a CPU takes 30-45 s even for a micro ViT.
 COMPILED_VARIANTS, COMPILED_PRECISION = ("full", "tome-high"), "bf16"
 COMPILED_RESERVE_S = 120.0
+# The inference models' fp32 logits on the device against the same weights on the CPU, where the merge is checked
+# against the original ToMe: whether the device's kernels (fused attention with the size bias, the merge's gathers
+# and scatters) compute the same function. Agreeing: within AGREEMENT_TOLERANCE of the CPU's largest logit. A
+# near-tie between two similarities may merge other tokens on other kernels, moving one image's logits more.
+AGREEMENT_IMAGES, AGREEMENT_TOLERANCE = 16, 1e-3
 
 # VTAB-1k's test splits as get_vtab1k.py writes them (lines of each task's test.txt); training is train800val200.
 VTAB_TEST_SIZES = {
@@ -607,6 +616,36 @@ def section_repeatability(check: Check, scale: Scale, models: dict, budgets: Bud
     check.save()
 
 
+def agreement(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> dict:
+    """fp32 logits of ``model`` on ``device`` against a copy of it on the CPU, for ``images`` (normalised, CPU)."""
+    with torch.inference_mode():
+        on_device = model(images.to(device)).float().cpu()
+        reference = copy.deepcopy(model).cpu()(images).float()
+    scale = reference.abs().max().item() or 1.0  # all-zero logits (a zero-initialised head): absolute differences
+    per_image = (on_device - reference).abs().amax(dim=1) / scale
+    return {"images": len(images), "max_relative_diff": per_image.max().item(),
+            "agreeing": int((per_image <= AGREEMENT_TOLERANCE).sum()),
+            "same_top1": int((on_device.argmax(1) == reference.argmax(1)).sum())}
+
+
+def section_agreement(check: Check, scale: Scale, models: dict, device: torch.device) -> None:
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (AGREEMENT_IMAGES, 3, scale.image_size, scale.image_size), generator=generator,
+                           dtype=torch.uint8)
+    images = Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, torch.device("cpu"))(images)
+    rows = check.results.setdefault("agreement", [])
+    for label, model in models.items():
+        result = check.attempt(f"agreement {label}", lambda: agreement(model, images, device))
+        if result is not None:
+            rows.append({"variant": label, **result})
+            check.log(f"agreement {label}: {result['agreeing']}/{result['images']} images within "
+                      f"{AGREEMENT_TOLERANCE:g} of the CPU's logits, largest difference "
+                      f"{result['max_relative_diff']:.2e}, same top-1 {result['same_top1']}")
+    check.results["section_seconds"]["agreement"] = time.perf_counter() - started
+    check.save()
+
+
 # ---------------------------------------------------------------------------------------------- projection
 
 def _cell(results: dict, config: str, precision: str) -> dict | None:
@@ -837,6 +876,19 @@ def render_markdown(results: dict) -> str:
     else:
         lines.append("not measured")
 
+    lines += ["", "## Agreement with the CPU", ""]
+    rows = results.get("agreement", [])
+    if rows:
+        lines.append(f"fp32 logits of each inference model (LoRA merged) on {AGREEMENT_IMAGES} random images against "
+                     f"the same weights on the CPU; a difference is relative to the CPU's largest logit. Agreeing: "
+                     f"within {AGREEMENT_TOLERANCE:g}.")
+        lines.append("")
+        lines.append(_table([[row["variant"], f"{row['agreeing']}/{row['images']}", f"{row['max_relative_diff']:.2e}",
+                              f"{row['same_top1']}/{row['images']}"] for row in rows],
+                            ["variant", "agreeing", "largest difference", "same top-1"]))
+    else:
+        lines.append("not measured")
+
     projection = results.get("projection", {})
     lines += ["", f"## Projection: `python run.py --preset {projection.get('preset')}`", ""]
     lines.append(f"{len(projection.get('configs', []))} configs ({', '.join(projection.get('configs', []))}) x "
@@ -921,6 +973,7 @@ def run_sections(check: Check, scale: Scale, budgets: Budgets, device: torch.dev
     free_device_memory()
     section_inference(check, scale, models, budgets, device)
     section_repeatability(check, scale, models, budgets, device)
+    section_agreement(check, scale, models, device)
     if compiled:
         section_compiled_inference(check, scale, models, budgets, device)
 

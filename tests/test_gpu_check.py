@@ -79,10 +79,22 @@ def test_tiny_run_measures_every_section(tiny_run) -> None:
 def test_tiny_markdown_has_every_table(tiny_run) -> None:
     _, out = tiny_run
     text = (out / "gpu_check.md").read_text()
-    for heading in ("## Targets", "## Training", "## Inference", "## Repeatability", "## Projection", "## Data"):
+    for heading in ("## Targets", "## Training", "## Inference", "## Repeatability", "## Agreement with the CPU",
+                    "## Projection", "## Data"):
         assert heading in text
     assert "Tiny smoke run" in text and "| small_peft-high" in text and "total GPU-h" in text
     assert re.search(r"\| (pass|FAIL) +\|", text)
+    assert re.search(r"\| tome-high +\| 16/16 +\|", text)  # the CPU agrees with itself
+
+
+def test_agreement_counts_the_images_whose_logits_differ_from_the_cpus() -> None:
+    images = torch.randn(8, 3, 4, 4)
+    same = gpu_check.agreement(torch.nn.Flatten().eval(), images, torch.device("cpu"))
+    assert same == {"images": 8, "max_relative_diff": 0.0, "agreeing": 8, "same_top1": 8}
+    # dropout left in training mode draws another mask on the copy: the two sides compute different functions
+    noisy = gpu_check.agreement(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5)).train(), images,
+                                torch.device("cpu"))
+    assert noisy["agreeing"] < 8 and noisy["max_relative_diff"] > gpu_check.AGREEMENT_TOLERANCE
 
 
 def test_vtab_test_sizes_name_every_vtab_task() -> None:

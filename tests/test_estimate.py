@@ -61,6 +61,7 @@ def test_a_gpu_is_timed_at_the_runs_own_batches_a_cpu_at_small_ones():
     assert estimates.timing_batches(torch.device("cpu"), 32) == ([4, 8], 8)
     assert estimates.timing_batches(torch.device("cpu"), 6) == ([4, 6], 6)
 
+
 def test_the_dry_run_prints_the_estimate_and_the_run_compares_it_with_the_truth(plugin_file, tmp_path):
     from click.testing import CliRunner
 

@@ -142,7 +142,6 @@ def test_published_figures_the_report_cannot_use_are_named(monkeypatch, change, 
     assert report.published("made-up").rows == (GOOD_ROW,)  # the same table without the fault is taken
 
 
-
 def test_a_paper_preset_without_a_backbone_is_named_for_it_alone(monkeypatch):
     monkeypatch.setattr(presets, "paper_presets", lambda: {"made-up": {"run": {}, "published": {
         "source": "S", "suite": "vtab", "rows": [GOOD_ROW]}}})

@@ -881,7 +881,8 @@ def render_markdown(results: dict) -> str:
     if rows:
         lines.append(f"fp32 logits of each inference model (LoRA merged) on {AGREEMENT_IMAGES} random images against "
                      f"the same weights on the CPU; a difference is relative to the CPU's largest logit. Agreeing: "
-                     f"within {AGREEMENT_TOLERANCE:g}.")
+                     f"within {AGREEMENT_TOLERANCE:g}. An image whose merges differ (two nearly equal similarities "
+                     f"ranked the other way) may move more; full disagreeing, or many images, point at a kernel.")
         lines.append("")
         lines.append(_table([[row["variant"], f"{row['agreeing']}/{row['images']}", f"{row['max_relative_diff']:.2e}",
                               f"{row['same_top1']}/{row['images']}"] for row in rows],

@@ -110,10 +110,10 @@ REPEAT_VARIANT, REPEAT_PRECISION = "full", "fp32"
 # are skipped. Not in --tiny: a compilation on a CPU takes 30-45 s even for a micro ViT.
 COMPILED_VARIANTS, COMPILED_PRECISION = ("full", "tome-high"), "bf16"
 COMPILED_RESERVE_S = 120.0
-# The inference models' fp32 logits on the device against the same weights on the CPU, where the merge is checked
-# against the original ToMe: whether the device's kernels (fused attention with the size bias, the merge's gathers
-# and scatters) compute the same function. Agreeing: within AGREEMENT_TOLERANCE of the CPU's largest logit. A
-# near-tie between two similarities may merge other tokens on other kernels, moving one image's logits more.
+# The inference models' fp32 logits on the device against the same weights on the CPU (the path the CPU tests check
+# against the original ToMe): whether the device's kernels (fused attention with the size bias, the merge's gathers
+# and scatters) compute the same function. Agreeing: within AGREEMENT_TOLERANCE of the CPU's largest logit, relative.
+# A near-tie between two similarities may merge other tokens on other kernels, moving one image's logits more.
 AGREEMENT_IMAGES, AGREEMENT_TOLERANCE = 16, 1e-3
 
 # VTAB-1k's test splits as get_vtab1k.py writes them (lines of each task's test.txt); training is train800val200.
@@ -674,7 +674,7 @@ def project(results: dict) -> dict:
                for level in (run["compression"] if registry.get_method(method).compresses else [None])]
     search_steps = inspect.signature(registry.get_method("diffrate").fn).parameters["search_steps"].default
     candidates = len(smaller_in_family(known_backbone_named(PROJECTED_BACKBONE)))
-    # small_peft's own timing of its speed match (interleaved rounds), as the plugin runs it
+    # the plugin's own round settings; it is loaded from its file as a plugin, so found through its registration
     match_rounds = sys.modules[registry.get_method("small_peft").fn.__module__].match_rounds(measure)
     tasks, test_images = len(VTAB_TEST_SIZES), sum(VTAB_TEST_SIZES.values())
     data = results.get("data", {})
@@ -882,7 +882,8 @@ def render_markdown(results: dict) -> str:
         lines.append(f"fp32 logits of each inference model (LoRA merged) on {AGREEMENT_IMAGES} random images against "
                      f"the same weights on the CPU; a difference is relative to the CPU's largest logit. Agreeing: "
                      f"within {AGREEMENT_TOLERANCE:g}. An image whose merges differ (two nearly equal similarities "
-                     f"ranked the other way) may move more; full disagreeing, or many images, point at a kernel.")
+                     f"ranked the other way) may move more; `full` (which merges nothing) disagreeing, or many "
+                     f"images of a merging model, point at a kernel.")
         lines.append("")
         lines.append(_table([[row["variant"], f"{row['agreeing']}/{row['images']}", f"{row['max_relative_diff']:.2e}",
                               f"{row['same_top1']}/{row['images']}"] for row in rows],
@@ -909,10 +910,11 @@ def render_markdown(results: dict) -> str:
                         ["training precision", "train h", "eval h", "measurement h", "diffrate search h",
                          "small_peft match h", "decode h", "total GPU-h"]))
     lines.append("")
-    if any("small_peft_match_per_run_h" in projection.get(precision, {}) for precision in PRECISIONS):
-        lines += [f"With `--executor local` or `slurm` (a process per run) small_peft times its speed match in every "
-                  f"run: {_f(projection.get('fp32', {}).get('small_peft_match_per_run_h'), '.2f')} h in all instead of "
-                  f"{_f(projection.get('fp32', {}).get('small_peft_match_h'), '.2f')} h.", ""]
+    if "fp32" in projection:
+        lines += [f"The total is for the preset's command as it runs, inline. With `--executor local` or `slurm` (a "
+                  f"process per run) small_peft times its speed match in every run: "
+                  f"{_f(projection['fp32'].get('small_peft_match_per_run_h'), '.2f')} h in all instead of "
+                  f"{_f(projection['fp32'].get('small_peft_match_h'), '.2f')} h.", ""]
     per_config = {}
     for precision in PRECISIONS:
         for row in projection.get(precision, {}).get("rows", []):

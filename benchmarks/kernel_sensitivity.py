@@ -2,7 +2,8 @@
 that merges tokens, forward only, on the first test images of each offline task, in this process and in a child
 process whose kernels take another code path (``--env``). Per task: how many images merge other tokens in some
 block (other A-tokens merged away, or into other B-tokens), and how far the logits move for those images and for
-the rest.
+the rest. A variable that changes nothing on this host (ATEN_CPU_CAPABILITY=avx2 on an AVX2 CPU) shows no
+difference, so the header names both processes' ATen kernels.
 
     python benchmarks/kernel_sensitivity.py [--method tome] [--level high] [--images 500]
                                             [--env ATEN_CPU_CAPABILITY=avx2]
@@ -75,29 +76,32 @@ def main() -> None:
     parser.add_argument("--env", default="ATEN_CPU_CAPABILITY=avx2", help="NAME=VALUE for the child process")
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)  # the child process: where its figures go
     args = parser.parse_args()
+    name, equals, value = args.env.partition("=")
+    if not name or not equals:
+        parser.error(f"--env takes NAME=VALUE, not {args.env!r}")
     setup()
     torch.manual_seed(0)  # LoRA's and PYRA's modules draw their initial weights: the same in both processes
     if args.save is not None:
-        torch.save(measure(args.backbone, args.method, args.level, args.images), args.save)
+        torch.save({"capability": torch.backends.cpu.get_cpu_capability(),
+                    "tasks": measure(args.backbone, args.method, args.level, args.images)}, args.save)
         return
-    name, _, value = args.env.partition("=")
     with tempfile.TemporaryDirectory() as folder:
         other_file = Path(folder) / "other.pt"
         subprocess.run([sys.executable, __file__, "--backbone", args.backbone, "--method", args.method, "--level",
                         args.level, "--images", str(args.images), "--save", str(other_file)],
                        env={**os.environ, name: value}, check=True)
-        torch.manual_seed(0)
         here = measure(args.backbone, args.method, args.level, args.images)
         other = torch.load(other_file)
     rows = []
     for task, (logits, merges) in here.items():
-        other_logits, other_merges = other[task]
+        other_logits, other_merges = other["tasks"][task]
         differ = (merges != other_merges).flatten(1).any(dim=1)
         moved = (logits - other_logits).abs().amax(dim=1)
         rows.append([task, len(differ), int(differ.sum()), f"{moved[differ].max().item():.2e}" if differ.any() else "-",
                      f"{moved[~differ].max().item():.2e}" if (~differ).any() else "-"])
     print(f"{args.method}@{args.level} on the pretrained {args.backbone}, forward, this process against one with "
-          f"{args.env} (CPU kernels: {torch.backends.cpu.get_cpu_capability()} here):")
+          f"{args.env} (ATen's CPU kernels: {torch.backends.cpu.get_cpu_capability()} here, {other['capability']} "
+          f"there; logit moves are absolute):")
     print_table(rows, ["task", "images", "merged differently", "largest logit move (those)",
                        "largest logit move (the rest)"])
 

@@ -66,7 +66,8 @@ def _batch(size: int, count: int, num_classes: int) -> tuple[torch.Tensor, torch
 def timing_batches(device: torch.device, batch: int) -> tuple[list[int], int]:
     """The batches a training step is timed at, and the batch inference is timed at. A GPU is timed at the run's
     own: its training batch and the evaluation's (:data:`harness.pipeline.TEST_BATCH`), since its time per image
-    falls as the batch grows; a CPU's time per image hardly moves, so the largest training batch timed serves."""
+    falls steeply as the batch grows; on a CPU time grows almost linearly with the batch (see
+    :data:`CPU_TIMING_BATCHES`), so the largest small batch timed gives the time per image."""
     if device.type == "cuda":
         return [batch], TEST_BATCH
     counts = sorted({min(batch, count) for count in CPU_TIMING_BATCHES})
@@ -160,8 +161,10 @@ def estimate(configs: Sequence[RunConfig], tasks: dict[str, TaskData], device: t
                 try:
                     timings[_key(config)] = time_model(config, task.num_classes, device)
                 except torch.cuda.OutOfMemoryError:
+                    inference = timing_batches(device, config.train.batch_size)[1]
                     raise EstimateUnavailable(f"out of memory on {device} timing {config.method} on "
-                                              f"{config.backbone} at batch {config.train.batch_size}") from None
+                                              f"{config.backbone} (training batch {config.train.batch_size}, "
+                                              f"inference batch {inference})") from None
             seconds[config.key] = run_seconds(config, task, timings[_key(config)])
     finally:
         if device.type == "cuda":

@@ -62,6 +62,17 @@ def test_a_gpu_is_timed_at_the_runs_own_batches_a_cpu_at_small_ones():
     assert estimates.timing_batches(torch.device("cpu"), 6) == ([4, 6], 6)
 
 
+def test_the_inference_time_is_per_image_of_the_batch_timed(monkeypatch):
+    timed_batches = []
+    make_batch = estimates._batch
+    monkeypatch.setattr(estimates, "_batch", lambda size, count, classes: timed_batches.append(count)
+                        or make_batch(size, count, classes))
+    monkeypatch.setattr(estimates, "_timed", lambda fn, synchronize: 1.0)  # every timed call takes one second
+    monkeypatch.setattr(estimates, "timing_batches", lambda device, batch: ([4], 16))  # as a GPU: its own batches
+    timing = estimates.time_model(config(batch_size=4), 3, torch.device("cpu"))
+    assert timed_batches == [4, 16] and timing.infer_seconds_per_image == 1.0 / 16 and timing.step_seconds == 1.0
+
+
 def test_the_dry_run_prints_the_estimate_and_the_run_compares_it_with_the_truth(plugin_file, tmp_path):
     from click.testing import CliRunner
 
@@ -96,7 +107,8 @@ def test_a_model_too_large_to_time_leaves_the_plan_unestimated_and_the_runs_go_a
               "--out", str(tmp_path)]
     dry = CliRunner().invoke(main, [*common, "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "Not estimated: out of memory on cpu timing bitfit on vit_micro_small_patch4_32 at batch" in dry.output
+    assert ("Not estimated: out of memory on cpu timing bitfit on vit_micro_small_patch4_32 (training batch 32, "
+            "inference batch 8)") in dry.output
     result = CliRunner().invoke(main, common)
     assert result.exit_code == 0 and "1 ok, 0 failed" in result.output
     assert "not estimated (out of memory on cpu timing bitfit" in result.output

@@ -1,6 +1,7 @@
 """benchmarks/kernel_sensitivity.py: it records the merges each block makes, and the whole comparison runs."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,9 @@ def test_the_merges_of_every_block_are_recorded_and_the_function_put_back():
     model = harness.adapt(harness.create_backbone("vit_micro_base_patch4_32", 5, pretrained=False), "tome",
                           "high").eval()
     images = torch.randn(3, 3, 32, 32)
+    original = token_merging.bipartite_soft_matching
     logits, merges = kernel_sensitivity.forward_recording_merges(model, images)
-    assert token_merging.bipartite_soft_matching.__name__ == "bipartite_soft_matching"  # the recorder is gone
+    assert token_merging.bipartite_soft_matching is original  # the recorder is gone
     merging_blocks = [r for r in model.merge_schedule if r > 0]
     assert merges.shape == (3, len(merging_blocks), 2 * max(merging_blocks))
     with torch.inference_mode():
@@ -38,5 +40,12 @@ def test_the_comparison_runs_and_prints_a_row_per_task():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_sensitivity.py"), "--images", "8"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"ATen's CPU kernels: \w+ here, \w+ there", done.stdout)  # the child's said, not assumed
     for task in ("digits", "photos", "cells", "count", "orientation"):
-        assert f"| {task} " in done.stdout
+        assert re.search(rf"\| {task} +\| +8 \| +[0-8] \|", done.stdout)  # images, and how many merged differently
+
+
+def test_an_env_without_a_value_is_refused_in_one_line():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_sensitivity.py"), "--env", "FOO"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "--env takes NAME=VALUE, not 'FOO'" in done.stderr

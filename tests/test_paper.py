@@ -127,8 +127,8 @@ GOOD_ROW = {"method": "lora", "compression": "none", "acc_mean_groups": 74.0, "i
     ({"rows": [{"method": "lora", "compression": "none", "img_per_s": 400}]}, "gives no accuracy"),
     ({"tasks": "19"}, "tasks = '19' is not a count of tasks"),
     ({"accuracy": "median"}, "accuracy 'median' is none of best"),
-    ({"source": None}, "needs \[published\] source, as text$"),
-    ({"source": None, "suite": None}, "needs \[published\] source and \[published\] suite, as text$"),
+    ({"source": None}, r"needs \[published\] source, as text$"),
+    ({"source": None, "suite": None}, r"needs \[published\] source and \[published\] suite, as text$"),
 ])
 def test_published_figures_the_report_cannot_use_are_named(monkeypatch, change, problem):
     table = {key: value for key, value in {"source": "S", "suite": "vtab", "rows": [GOOD_ROW], **change}.items()
@@ -147,6 +147,7 @@ def test_a_paper_preset_without_a_backbone_is_named_for_it_alone(monkeypatch):
         "source": "S", "suite": "vtab", "rows": [GOOD_ROW]}}})
     with pytest.raises(UserError, match=r"made-up.toml: needs \[run\] backbone, as text$"):
         report.published("made-up")
+
 
 def test_report_paper_writes_the_table_prints_it_and_notes_what_did_not_run(tmp_path):
     runs = write_runs(tmp_path / "runs", vtab_runs(infer_img_per_s=1000.0)

@@ -710,7 +710,6 @@ def project(results: dict) -> dict:
     for precision in PRECISIONS:
         rows, missing = [], []
         totals = dict.fromkeys(("train", "eval", "measure", "diffrate_search", "small_peft_match"), 0.0)
-        match_per_run_h = 0.0
         for method, level in configs:
             name = f"{method}-{level}" if level else method
             source = PROJECTION_SOURCES[method].format(level=level)
@@ -723,7 +722,7 @@ def project(results: dict) -> dict:
             train_s = epochs * cell["epoch_s"] * VTAB_TRAIN_IMAGES / train_images + 2 * cell["step_ms"] / 1000
             eval_s = evaluations * test_images / cell["eval_img_per_s"]  # all tasks
             measure_s = _measurement_seconds(measure, per_image)
-            extra = {}
+            extra, once = {}, {}  # seconds per run; seconds per config, whatever the number of tasks
             if method == "diffrate":
                 lora = _cell(results, "lora", "fp32")
                 if lora is None:
@@ -732,13 +731,12 @@ def project(results: dict) -> dict:
                     extra["diffrate_search"] = search_steps * SEARCH_STEP_FACTOR * lora["step_ms"] / 1000
             if method == "small_peft":
                 reference = _deployed_img_per_s(results, f"tome-{level}")
-                match_s = sum(_measurement_seconds(settings, 1 / reference if reference else 0.0)
-                              + candidates * _measurement_seconds(settings, per_image) for settings in match_rounds)
-                match_per_run_h += tasks * match_s / 3600
+                once["small_peft_match"] = sum(_measurement_seconds(settings, 1 / reference if reference else 0.0)
+                                               + candidates * _measurement_seconds(settings, per_image)
+                                               for settings in match_rounds)
             hours = {"train": tasks * train_s / 3600, "eval": eval_s / 3600, "measure": tasks * measure_s / 3600,
-                     **{key: tasks * value / 3600 for key, value in extra.items()}}
-            if method == "small_peft":
-                hours["small_peft_match"] = match_s / 3600  # once per level, whatever the number of tasks
+                     **{key: tasks * value / 3600 for key, value in extra.items()},
+                     **{key: value / 3600 for key, value in once.items()}}
             for key, value in hours.items():
                 totals[key] += value
             rows.append({"config": name, "from": f"{source} {precision}", "train_img_per_s": cell["train_img_per_s"],
@@ -749,7 +747,7 @@ def project(results: dict) -> dict:
         projection[precision] = {"rows": rows, "missing": missing, **totals_h,
                                  "total_h": sum(totals_h.values()) if not missing else None,
                                  "partial_total_h": sum(totals_h.values()),
-                                 "small_peft_match_per_run_h": match_per_run_h}
+                                 "small_peft_match_per_run_h": tasks * totals["small_peft_match"]}
     return projection
 
 

@@ -29,6 +29,10 @@ and budgets, to test the script on a CPU):
 - agreement: each inference model's fp32 logits on the device against the same weights on the CPU (16 random
   images), so that a device kernel computing another function (the fused attention with the size bias, the
   merge) shows;
+- where a forward's time goes: full, tome and pyra at high in bf16 at batch 256, the host's time to issue a
+  forward against the time to finish it, the device's kernels, and each aten op's device time in one profiled
+  forward (``torch.profiler``), grouped (matmul, attention, casts, matching and merge...): if the speed-up target
+  fails, whether the device waits for the host or the merge's kernels cost the time;
 - projection: GPU-hours of ``python run.py --preset pyra-vit-b`` (9 configs x 19 tasks x 100 epochs, 10
   evaluations of each task's test set per run, the timing preset's measurement per run) from the figures above,
   with bf16 training and fp32 (the preset's) side by side.
@@ -83,7 +87,8 @@ from harness.backbones import known_backbone_named, smaller_in_family  # noqa: E
 from harness.data import Normalize, make_loader  # noqa: E402
 from harness.estimate import _measurement_seconds  # noqa: E402  (the --dry-run estimate's formula for a measurement)
 from harness.measure import (MeasureConfig, autocast, count_gmacs, count_parameters, device_synchronizer,  # noqa: E402
-                             inference_throughput, peak_memory)
+                             inference_throughput, peak_memory, silence_native_stderr)
+from harness.measure import PRECISIONS as DTYPES  # noqa: E402
 from harness.pipeline import TEST_BATCH  # noqa: E402
 from harness.plan import load_tasks  # noqa: E402
 from harness.store import replace_atomically, write_json_atomic  # noqa: E402
@@ -116,6 +121,23 @@ COMPILED_RESERVE_S = 120.0
 # A near-tie between two similarities may merge other tokens on other kernels, moving one image's logits more.
 AGREEMENT_IMAGES, AGREEMENT_TOLERANCE = 16, 1e-3
 
+# Where one forward's time goes, in the precision where the original ToMe lost most of its gain: the host's time to
+# issue it against the time to finish it (a share near 1: the device waits for launches, so fewer kernels, CUDA graphs
+# or compilation help and faster kernels do not), the device's kernels, and each aten op's self time on the device
+# from torch.profiler, in families. A few forwards a model: seconds. Should the speed-up target fail, this says why.
+BREAKDOWN_VARIANTS, BREAKDOWN_PRECISION = ("full", "tome-high", "pyra-high"), "bf16"
+BREAKDOWN_FORWARDS, BREAKDOWN_TOP_OPS = 5, 8
+# The aten op that launches a kernel names it; an op of none of these families counts as "elementwise and other".
+OP_FAMILIES = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"),
+    "layer norm": ("aten::native_layer_norm",),
+    "copies and casts": ("aten::copy_", "aten::clone", "aten::contiguous"),
+    "matching and merge": ("aten::sort", "aten::gather", "aten::scatter_reduce", "aten::scatter_reduce_",
+                           "aten::max", "aten::linalg_vector_norm", "aten::cat", "aten::mean", "aten::log",
+                           "aten::fill_", "aten::index_put_"),
+}
+OTHER_FAMILY = "elementwise and other"
+
 # VTAB-1k's test splits as get_vtab1k.py writes them (lines of each task's test.txt); training is train800val200.
 VTAB_TEST_SIZES = {
     "cifar100": 10000, "caltech101": 6084, "dtd": 1880, "oxford_flowers102": 6149, "oxford_pet": 3669,
@@ -143,8 +165,8 @@ class Budgets:
     cell is a build (~1 s), the memory step, >= 1 s of warm-up and >= 2 interleaved rounds (one harness and one
     bare epoch each) totalling >= 6 s, then >= 1 s of evaluation: full_ft in fp32 (~3 s an epoch) takes ~16 s,
     the others ~9 s, the bf16 cells ~8 s: ~130 s for the 14 cells. Inference: 10 (variant, precision) cells x 3
-    rounds x (>= 0.3 s warm-up + >= 1.5 s timed) ~ 60 s. Repeatability: 5 x (1 s + 3 s) = 20 s. Start-up,
-    3,000 generated JPEGs and their decoding ~20-30 s. Compiled inference: two compilations (~20-30 s each on 16
+    rounds x (>= 0.3 s warm-up + >= 1.5 s timed) ~ 60 s. Repeatability: 5 x (1 s + 3 s) = 20 s. Agreement and the forward breakdown ~10 s.
+    Start-up, 3,000 generated JPEGs and their decoding ~20-30 s. Compiled inference: two compilations (~20-30 s each on 16
     cores) and 2 x 3 measurements ~ 60-70 s. In all ~5-6 minutes; the deadline (420 s) stops new measurements
     inside 8 minutes should the device be slower.
     """
@@ -646,6 +668,87 @@ def section_agreement(check: Check, scale: Scale, models: dict, device: torch.de
     check.save()
 
 
+def op_family(op: str) -> str:
+    """The family of :data:`OP_FAMILIES` an aten op belongs to; attention kernels by name, whichever backend."""
+    if "attention" in op:
+        return "attention"
+    return next((family for family, ops in OP_FAMILIES.items() if op in ops), OTHER_FAMILY)
+
+
+def forward_times(model: torch.nn.Module, images: torch.Tensor, synchronize: Callable[[], None],
+                  forwards: int) -> tuple[float, float]:
+    """Median milliseconds of ``forwards`` forwards (after two untimed), each waited for: to issue it (the host's
+    part) and to finish it. Runs in the caller's grad mode and autocast."""
+    for _ in range(2):
+        model(images)
+    issued, finished = [], []
+    for _ in range(forwards):
+        synchronize()
+        started = time.perf_counter()
+        model(images)
+        issued.append(time.perf_counter() - started)
+        synchronize()
+        finished.append(time.perf_counter() - started)
+    return 1e3 * statistics.median(issued), 1e3 * statistics.median(finished)
+
+
+def forward_breakdown(model: torch.nn.Module, image_size: int, batch: int, precision: str,
+                      device: torch.device, forwards: int = BREAKDOWN_FORWARDS) -> dict:
+    """One model's forward at ``batch`` in ``precision``, as :func:`inference_throughput` runs it (autocast, so
+    every weight is cast again in every forward: inference mode keeps no autocast cache): median host time to
+    issue it and time to finish it over ``forwards``, and from one profiled forward the self time of each aten op
+    on the device (on a CPU, on the host) and the device's kernel count. Beside it, the forward of a copy whose
+    weights are stored in that precision (no autocast, no casts), as a model deployed in it would run."""
+    synchronize = device_synchronizer(device)
+    on_cuda = device.type == "cuda"
+    images = torch.randn(batch, 3, image_size, image_size, device=device)
+    with torch.inference_mode():
+        with autocast(device, precision):
+            host_ms, forward_ms = forward_times(model, images, synchronize, forwards)
+            activities = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
+            with silence_native_stderr(), torch.profiler.profile(activities=activities) as profiled:
+                model(images)
+                synchronize()
+        dtype = DTYPES[precision] or torch.float32
+        stored = copy.deepcopy(model).to(dtype)
+        _, stored_forward_ms = forward_times(stored, images.to(dtype), synchronize, forwards)
+        del stored
+    ops = {}
+    for event in profiled.key_averages():
+        self_us = event.self_device_time_total if on_cuda else event.self_cpu_time_total
+        if event.key.startswith("aten::") and self_us > 0:
+            ops[event.key] = {"calls": event.count, "ms": self_us / 1e3}
+    families: dict[str, float] = {}
+    for op, figures in ops.items():
+        families[op_family(op)] = families.get(op_family(op), 0.0) + figures["ms"]
+    kernels = sum(1 for event in profiled.events()
+                  if event.device_type == torch.autograd.DeviceType.CUDA) if on_cuda else None
+    top = sorted(ops.items(), key=lambda item: -item[1]["ms"])[:BREAKDOWN_TOP_OPS]
+    return {"forward_ms": forward_ms, "host_ms": host_ms, "host_share": host_ms / forward_ms, "kernels": kernels,
+            "stored_forward_ms": stored_forward_ms,
+            "profiled_ms": sum(figures["ms"] for figures in ops.values()), "families": families,
+            "top_ops": [{"op": op, **figures} for op, figures in top], "time_on": "device" if on_cuda else "host"}
+
+
+def section_breakdown(check: Check, scale: Scale, models: dict, device: torch.device) -> None:
+    started = time.perf_counter()
+    record = check.results["breakdown"] = {"precision": BREAKDOWN_PRECISION, "batch": scale.infer_batch,
+                                           "forwards": BREAKDOWN_FORWARDS, "rows": []}
+    for label in (label for label in BREAKDOWN_VARIANTS if label in models):
+        result = check.attempt(f"breakdown {label} {BREAKDOWN_PRECISION}", lambda: forward_breakdown(
+            models[label], scale.image_size, scale.infer_batch, BREAKDOWN_PRECISION, device))
+        if result is not None:
+            record["rows"].append({"variant": label, **result})
+            check.log(f"breakdown {label} {BREAKDOWN_PRECISION}: forward {result['forward_ms']:.2f} ms, host "
+                      f"{result['host_ms']:.2f} ms ({100 * result['host_share']:.0f} %), " + ", ".join(
+                          f"{family} {ms:.2f} ms" for family, ms in sorted(result["families"].items(),
+                                                                          key=lambda item: -item[1])))
+            check.save()
+    check.results["section_seconds"]["breakdown"] = time.perf_counter() - started
+    check.save()
+
+
 # ---------------------------------------------------------------------------------------------- projection
 
 def _cell(results: dict, config: str, precision: str) -> dict | None:
@@ -889,6 +992,9 @@ def render_markdown(results: dict) -> str:
     else:
         lines.append("not measured")
 
+    lines += ["", "## Where a forward's time goes", ""]
+    lines += _breakdown_tables(results.get("breakdown", {}))
+
     projection = results.get("projection", {})
     lines += ["", f"## Projection: `python run.py --preset {projection.get('preset')}`", ""]
     lines.append(f"{len(projection.get('configs', []))} configs ({', '.join(projection.get('configs', []))}) x "
@@ -941,6 +1047,51 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _breakdown_tables(breakdown: dict) -> list[str]:
+    rows = breakdown.get("rows", [])
+    if not rows:
+        return ["not measured"]
+    on = rows[0]["time_on"]
+    families = [family for family in ("matmul", "attention", "layer norm", "copies and casts", "matching and merge",
+                                      OTHER_FAMILY) if any(family in row["families"] for row in rows)]
+    precision = breakdown["precision"]
+    full = next((row for row in rows if row["variant"] == "full"), None)
+
+    def speedup(row: dict, key: str) -> str:
+        return _f(full[key] / row[key], ".2f", "x") if full and row.get(key) else "-"
+    lines = [f"{precision}, batch {breakdown['batch']}, deployed (LoRA merged), eval mode, under autocast as "
+             f"`inference_throughput` runs it. Forward: median of {breakdown['forwards']}, each waited for (a check "
+             f"of where time goes, not the protocol's figure); host: the time to issue it. A host share near 100 % "
+             f"means the device waits for the host's launches: fewer kernels, CUDA graphs or compilation help, "
+             f"faster kernels do not"
+             + (" (on a CPU the host runs the kernels itself, so the share is 100 % by construction)"
+                if on == "host" else "")
+             + (". Device busy: the profiled forward's kernel time over the forward's time (the rest, the device "
+                "idle between kernels)" if on == "device" else "")
+             + f". Weights in {precision}: a copy of the model stored in {precision}, run without autocast (no "
+               f"per-forward casts of weights and activations), as a model deployed in {precision} runs.", ""]
+    lines.append(_table([[row["variant"], _f(row["forward_ms"], ".2f"), speedup(row, "forward_ms"),
+                          _f(row["host_ms"], ".2f"), _f(100 * row["host_share"], ".0f", " %"),
+                          _f(100 * row["profiled_ms"] / row["forward_ms"], ".0f", " %") if on == "device" else "-",
+                          _f(row["kernels"], ",d"), _f(row["stored_forward_ms"], ".2f"),
+                          speedup(row, "stored_forward_ms")] for row in rows],
+                        ["variant", "forward ms", "speed-up", "host ms", "host share", "device busy", "kernels",
+                         f"weights in {precision}: forward ms", "speed-up"]))
+    lines += ["", f"One profiled forward (autocast): each aten op's self time on the {on} (ms), by family.", ""]
+    lines.append(_table([[row["variant"], _f(row["profiled_ms"], ".2f"),
+                          *(_f(row["families"].get(family, 0.0), ".2f") for family in families)] for row in rows],
+                        ["variant", "all", *families]))
+    if any(row["profiled_ms"] == 0 for row in rows):
+        lines += ["", f"The profiler saw no {on} time in some forward (no CUPTI on this machine?): its zeros are "
+                      f"not measurements."]
+    lines += ["", f"The {BREAKDOWN_TOP_OPS} ops with the most {on} time in each:", ""]
+    lines.append(_table([[row["variant"], op["op"], f"{op['calls']:,}", _f(op["ms"], ".3f"),
+                          _f(100 * op["ms"] / row["profiled_ms"], ".1f", " %")]
+                         for row in rows for op in row["top_ops"]],
+                        ["variant", "op", "calls", f"{on} ms", "share"]))
+    return lines
+
+
 def _inference_table(inference: dict, settings: dict, how: str) -> list[str]:
     if not inference:
         return ["not measured"]
@@ -975,6 +1126,7 @@ def run_sections(check: Check, scale: Scale, budgets: Budgets, device: torch.dev
     section_inference(check, scale, models, budgets, device)
     section_repeatability(check, scale, models, budgets, device)
     section_agreement(check, scale, models, device)
+    section_breakdown(check, scale, models, device)
     if compiled:
         section_compiled_inference(check, scale, models, budgets, device)
 

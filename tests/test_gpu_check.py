@@ -61,6 +61,17 @@ def test_tiny_run_measures_every_section(tiny_run) -> None:
         assert rows["full"]["speedup"] == pytest.approx(1.0) and rows["full"]["gmacs_ratio"] == pytest.approx(1.0)
         assert rows["tome-high"]["gmacs_ratio"] > 3 and rows["pyra-high"]["speedup"] > 0
 
+    breakdown = results["breakdown"]
+    assert [row["variant"] for row in breakdown["rows"]] == list(gpu_check.BREAKDOWN_VARIANTS)
+    for row in breakdown["rows"]:
+        assert 0 < row["host_ms"] <= row["forward_ms"] and row["time_on"] == "host" and row["kernels"] is None
+        assert row["stored_forward_ms"] > 0
+        assert sum(row["families"].values()) == pytest.approx(row["profiled_ms"]) and row["profiled_ms"] > 0
+        assert 0 < len(row["top_ops"]) <= gpu_check.BREAKDOWN_TOP_OPS
+        assert all(op["op"].startswith("aten::") and op["calls"] > 0 for op in row["top_ops"])
+    merging = {row["variant"]: row["families"].get("matching and merge", 0.0) for row in breakdown["rows"]}
+    assert merging["tome-high"] > merging["full"]  # the merge's gathers, sorts and scatters are seen where they run
+
     repeat = results["repeatability"]
     assert len(repeat["medians"]) == 5 and repeat["spread"] >= 0 and repeat["cv"] >= 0
 
@@ -80,7 +91,7 @@ def test_tiny_markdown_has_every_table(tiny_run) -> None:
     _, out = tiny_run
     text = (out / "gpu_check.md").read_text()
     for heading in ("## Targets", "## Training", "## Inference", "## Repeatability", "## Agreement with the CPU",
-                    "## Projection", "## Data"):
+                    "## Where a forward's time goes", "## Projection", "## Data"):
         assert heading in text
     assert "Tiny smoke run" in text and "| small_peft-high" in text and "total GPU-h" in text
     assert re.search(r"\| (pass|FAIL) +\|", text)
@@ -95,6 +106,33 @@ def test_agreement_counts_the_images_whose_logits_differ_from_the_cpus() -> None
     noisy = gpu_check.agreement(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5)).train(), images,
                                 torch.device("cpu"))
     assert noisy["agreeing"] < 8 and noisy["max_relative_diff"] > gpu_check.AGREEMENT_TOLERANCE
+
+
+def test_ops_fall_in_their_families_and_attention_is_found_by_name_on_any_backend() -> None:
+    assert gpu_check.op_family("aten::addmm") == "matmul"
+    assert gpu_check.op_family("aten::scatter_reduce") == "matching and merge"
+    assert gpu_check.op_family("aten::copy_") == "copies and casts"
+    for kernel_op in ("aten::_efficient_attention_forward", "aten::_flash_attention_forward",
+                      "aten::_scaled_dot_product_cudnn_attention"):
+        assert gpu_check.op_family(kernel_op) == "attention"
+    assert gpu_check.op_family("aten::gelu") == gpu_check.OTHER_FAMILY
+
+
+def test_breakdown_reads_device_busy_and_speed_ups_from_its_rows_and_says_when_the_profiler_saw_nothing() -> None:
+    def row(variant: str, forward_ms: float, stored_ms: float, profiled_ms: float, families: dict) -> dict:
+        return {"variant": variant, "forward_ms": forward_ms, "host_ms": 7.6, "host_share": 7.6 / forward_ms,
+                "kernels": 400, "stored_forward_ms": stored_ms, "profiled_ms": profiled_ms, "families": families,
+                "time_on": "device",
+                "top_ops": [{"op": "aten::addmm", "calls": 49, "ms": profiled_ms}] if profiled_ms else []}
+    rows = [row("full", 16.0, 12.0, 12.0, {"matmul": 12.0}), row("tome-high", 8.0, 4.0, 0.0, {})]
+    text = "\n".join(gpu_check._breakdown_tables({"precision": "bf16", "batch": 256, "forwards": 5, "rows": rows}))
+    assert re.search(r"\| full +\| 16\.00 +\| 1\.00x +\| 7\.60 +\| 48 % +\| 75 % +\| 400 +\| 12\.00 +\| 1\.00x +\|",
+                     text)
+    assert re.search(r"\| tome-high +\| 8\.00 +\| 2\.00x +\| 7\.60 +\| 95 % +\| 0 % +\| 400 +\| 4\.00 +\| 3\.00x +\|",
+                     text)
+    assert re.search(r"\| full +\| 12\.00 +\| 12\.00 +\|", text)  # the family table: all, then matmul
+    assert "saw no device time in some forward" in text
+    assert re.search(r"\| full +\| aten::addmm +\| 49 +\| 12\.000 +\| 100\.0 % +\|", text)
 
 
 def test_vtab_test_sizes_name_every_vtab_task() -> None:

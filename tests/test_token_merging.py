@@ -79,6 +79,23 @@ def test_token_sizes_and_so_the_attention_bias_carry_no_gradient(method):
     assert any(parameter.grad is not None for name, parameter in model.named_parameters() if "lora_" in name)
 
 
+@pytest.mark.parametrize("method", ["tome", "pyra", "diffrate"])
+def test_the_patched_models_compile_as_one_graph_for_training_and_inference(method):
+    """``torch.compile`` can fuse the merge's small kernels only if the whole forward is one graph: a ``.item()``,
+    a data-dependent branch or a per-forward list would break it, and the compiled figures (``--compile``,
+    ``--compile-train``, gpu_check) would time a model cut into pieces. The eager backend traces as inductor does,
+    without a C compiler."""
+    options = {"train_data": [torch.randn(8, 3, 32, 32)], "search_steps": 2} if method == "diffrate" else {}
+    model = harness.adapt(micro(), method, compression="high", **options)
+    images = torch.randn(2, 3, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    compiled.train()(images).sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(images), model(images), rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
 def test_matching_never_picks_the_class_token_and_merges_the_most_similar_pair():
     # A set: tokens 0 (class), 2, 4; B set: tokens 1, 3. Token 1 equals the class token, token 4 equals token 3.
     metric = torch.tensor([[[1.0, 0], [1.0, 0], [0.7, 0.7], [0, 1.0], [0, 1.0]]])

@@ -60,14 +60,16 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"output folder {out} is not writable ({exc.strerror or exc}); choose another with --out")
 
 
-def _print_tasks(tasks: dict[str, TaskData]) -> None:
-    """Which folder and list files each task on disk uses, and why a task cannot run."""
+def _print_tasks(tasks: dict[str, TaskData], selection: str) -> None:
+    """Which folder and list files each task on disk uses (those a run with ``selection`` reads), and why a task
+    cannot run."""
     for name, task in tasks.items():
         files = task.identity.get("files")
         if task.problem is not None:
             click.echo(f"  {name}: cannot run, its runs are recorded as failed: {task.problem}")
         elif files:
-            click.echo(f"  {name}: {task.identity['folder']} ({', '.join(files.values())})")
+            used = [files[split] for split in task.used_splits(selection) if split in files]
+            click.echo(f"  {name}: {task.identity['folder']} ({', '.join(used)})")
 
 
 def _print_listing() -> None:
@@ -358,7 +360,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     started = time.perf_counter()
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")
     task_data = load_tasks(task_names, data_root, check_images, selection)
-    _print_tasks(task_data)
+    _print_tasks(task_data, selection)
     overrides = {**train_defaults, "epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size,
                  "selection": selection, "precision": train_precision, "tf32": tf32,
                  "cudnn_benchmark": cudnn_benchmark, "compile": compile_train}

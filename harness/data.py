@@ -9,8 +9,12 @@ as a DataLoader worker's traceback in the middle of training.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
+import math
 import os
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,10 +24,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from .errors import UserError
+from .errors import BadData, UserError
 from .store import replace_atomically
 
 SPLITS = ("train", "val", "test")
@@ -99,8 +103,9 @@ class ImageList:
 
 
 def _integer(text: str) -> int | None:
+    """``text`` as an integer written in ASCII digits (``int`` alone would take "٣" for 3), else None."""
     try:
-        return int(text)
+        return int(text) if text.isascii() else None
     except ValueError:
         return None
 
@@ -262,18 +267,33 @@ def _missing(split: ImageList) -> str | None:
             f"({shown}); re-extract the dataset")
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # PIL's 16-bit greys: convert("RGB") would clip them
+WIDE_MODES = ("I", "F")  # 32-bit integer or float pixels: no one 8-bit reading of them
+
+
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+    elif image.mode in WIDE_MODES:
+        raise BadData(f"image {path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels "
+                      f"(PIL mode {image.mode}), which have no one 8-bit reading; convert it to an 8-bit image")
+    return image.convert("RGB")
+
+
 def _open(path: Path, size: int | None, interpolation: str) -> Image.Image:
     """The image at ``path`` decoded to RGB (resized to ``size`` x ``size`` when given), or a one-line
-    :class:`UserError` naming the file."""
+    :class:`BadData` naming the file. 16-bit greys keep their high byte."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = _to_rgb(image, path)
             return image if size is None else image.resize((size, size), INTERPOLATIONS[interpolation])
     except FileNotFoundError:
-        raise UserError(f"image listed but missing: {path}; re-extract the dataset") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "broken"
-        raise UserError(f"corrupt image {path} ({type(exc).__name__}: {' '.join(str(exc).split())}); re-extract "
-                        f"or replace that file") from None
+        raise BadData(f"image listed but missing: {path}; re-extract the dataset") from None
+    except UserError:
+        raise
+    except Exception as exc:  # PIL's decoders say "broken" in many ways (OSError, DecompressionBombError, struct...)
+        raise BadData(f"corrupt image {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                      f"re-extract or replace that file") from None
 
 
 def _each_image(split: ImageList, work: Callable[[int, Path], None]) -> None:
@@ -320,23 +340,62 @@ def _stamp(split: ImageList) -> str:
                         *(f"{path}:{stat.st_size}:{stat.st_mtime_ns}" for path, stat in stats)])
 
 
+ABANDONED_AFTER_S = 60.0  # an unlocked temporary this old is a killed decode's, not one being created
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Delete the temporaries of ``path`` that a killed decode left (each as large as the split): those no process
+    holds locked. A decode holds its temporary's lock from just after creating it until it is renamed."""
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            with open(temporary, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if time.time() - os.fstat(handle.fileno()).st_mtime > ABANDONED_AFTER_S:
+                    temporary.unlink(missing_ok=True)
+        except OSError:  # locked by a live decode, or gone already
+            continue
+
+
 def decoded(split: ImageList, size: int, interpolation: str = "bicubic") -> ArrayDataset:
     """:func:`decode`, straight into ``<cache>/decoded/<stamp>-<size>-<interpolation>.npy`` (written under a
     temporary name and renamed, then mapped back copy-on-write), so later runs and parallel jobs read it without
-    decoding. At 224 px an image takes 147 KiB: VTAB-1k's 19 test sets need tens of GB of cache."""
-    path = cache_dir() / "decoded" / f"{_stamp(split)}-{size}-{interpolation}.npy"
+    decoding. At 224 px an image takes 147 KiB: VTAB-1k's 19 test sets need tens of GB of cache. The file's blocks
+    are reserved before decoding, so a full disk is one :class:`BadData` line, not a SIGBUS in a page write."""
+    folder = cache_dir() / "decoded"
+    path = folder / f"{_stamp(split)}-{size}-{interpolation}.npy"
     if path.exists():
         try:
             return ArrayDataset(np.load(path, mmap_mode="c"), split.labels)
         except (OSError, ValueError, EOFError):  # a truncated or foreign file
             path.unlink(missing_ok=True)  # damaged cache: decode again
+    shape = (len(split), 3, size, size)
+    locks = []
 
     def write(temporary: str) -> None:
-        target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(split), 3, size, size))
+        locks.append(open(temporary, "rb"))
+        fcntl.flock(locks[0], fcntl.LOCK_EX)
+        target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            with open(temporary, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
         decode_into(split, size, interpolation, target).flush()
         del target
 
-    replace_atomically(path, write)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(path)
+        replace_atomically(path, write)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            needed = math.prod(shape)
+            amount = f"{needed / 1e9:.1f} GB" if needed >= 1e9 else f"{needed / 1e6:.1f} MB"
+            raise BadData(f"no space left in {folder} for {split.list_file}'s decoded images ({amount} at {size} "
+                          f"px); free space there or point $ADAPTBENCH_CACHE at a larger disk") from None
+        raise BadData(f"cannot write the decoded-image cache in {folder} ({type(exc).__name__}: "
+                      f"{exc.strerror or exc}); point $ADAPTBENCH_CACHE at a writable folder") from None
+    finally:
+        for lock in locks:
+            lock.close()
     return ArrayDataset(np.load(path, mmap_mode="c"), split.labels)
 
 

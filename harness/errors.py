@@ -18,6 +18,13 @@ class RunFailed(Exception):
     failure = "error"
 
 
+class BadData(RunFailed, UserError):
+    """A task's data cannot be read (a corrupt image found while decoding, a cache that cannot be written): the
+    run fails as ``data``, which a plain rerun retries once the data is mended, as a check before the run would."""
+
+    failure = "data"
+
+
 class NonFiniteLoss(RunFailed):
     """The training loss became NaN or infinite."""
 

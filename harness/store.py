@@ -40,10 +40,23 @@ RETRIED = ("data", "died", "interrupted")
 SCHEMA_VERSION = 2
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which is not safe while other threads create files.
+CREATED_MODE = 0o666 & ~_umask()
+
+
 def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """``write(temporary_path)``, then rename over ``path``: readers see the old file or the new one, never half."""
+    """``write(temporary_path)``, then rename over ``path``: readers see the old file or the new one, never half.
+    The file gets the mode a plain ``open`` would give it (mkstemp's temporaries are private to their owner, which
+    would keep a run folder or cache shared between users unreadable to the others)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(descriptor, CREATED_MODE)
     os.close(descriptor)
     try:
         write(temporary)

@@ -32,6 +32,14 @@ def test_atomic_write_never_leaves_partial_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
+def test_an_atomically_written_file_gets_the_mode_a_plain_open_gives(tmp_path):
+    import os
+
+    write_json_atomic(tmp_path / "run.json", {"status": "ok"})
+    (tmp_path / "plain.json").write_text("{}")
+    assert os.stat(tmp_path / "run.json").st_mode & 0o777 == os.stat(tmp_path / "plain.json").st_mode & 0o777
+
+
 def test_flatten_gives_one_flat_row():
     config = _config()
     record = {"key": config.key, "config": config.to_dict(), "status": "ok",

@@ -13,6 +13,7 @@ import harness
 from harness import registry
 from harness.cli import main
 from harness.data import ImageList, decode
+from harness.errors import BadData
 from harness.plan import data_config, load_tasks, plan_runs
 
 MICRO = "vit_micro_small_patch4_32"
@@ -233,3 +234,96 @@ def test_a_local_sweep_records_a_broken_tasks_runs_without_a_worker(monkeypatch,
     record = executor(configs[0])
     assert record["status"] == "failed" and record["reason"].startswith("VTAB-1k folder for 'eurosat' not found")
     assert record["failure"] == "data"
+
+
+def test_a_corrupt_image_met_while_decoding_fails_as_data_and_a_plain_rerun_retries_it_once_mended(tmp_path):
+    image = write_task(tmp_path / "root", "caltech101") / "images/test/000003.jpg"
+    good = image.read_bytes()
+    _truncate(image)
+    arguments = ["--methods", "lora", "--tasks", "caltech101", "--backbone", MICRO, "--epochs", "1", "--bench-batch",
+                 "4", "--data-root", tmp_path / "root", "--out", tmp_path / "runs"]
+    result = invoke(*arguments)
+    record = records(tmp_path / "runs")["caltech101"]
+    assert result.exit_code == 1 and (record["status"], record["failure"]) == ("failed", "data")
+    assert record["reason"].startswith(f"corrupt image {image}") and "traceback" not in record
+    image.write_bytes(good)
+    result = invoke(*arguments)
+    assert result.exit_code == 0 and records(tmp_path / "runs")["caltech101"]["status"] == "ok", result.output
+
+
+def _listed(folder: Path, *names: str) -> ImageList:
+    (folder / "list.txt").write_text("".join(f"{name} 0\n" for name in names))
+    return ImageList.read(folder, folder / "list.txt")
+
+
+def test_pils_other_ways_of_failing_are_one_line_naming_the_file(monkeypatch, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # its header claims more than twice as many pixels
+    with pytest.raises(BadData, match=rf"^corrupt image {tmp_path}/huge.png \(DecompressionBombError: .*replace that"):
+        decode(_listed(tmp_path, "huge.png"), 8)
+
+
+def test_sixteen_bit_greys_keep_their_high_byte_and_float_pixels_are_refused(tmp_path):
+    from PIL import Image
+
+    gradient = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "sixteen.png")
+    Image.fromarray((gradient >> 8).astype(np.uint8)).save(tmp_path / "eight.png")
+    sixteen, eight = decode(_listed(tmp_path, "sixteen.png", "eight.png"), 16)
+    assert np.array_equal(sixteen, eight) and sixteen.mean() > 100  # not clipped to white
+    Image.fromarray(gradient.astype(np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(BadData, match=rf"^image {tmp_path}/float.tiff has floating-point pixels .*to an 8-bit image"):
+        decode(_listed(tmp_path, "float.tiff"), 16)
+
+
+def test_a_full_cache_disk_is_one_line_naming_the_cache_and_the_fix(vtab_root, monkeypatch, tmp_path):
+    import errno
+    import os
+
+    def full(descriptor, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
+    with pytest.raises(BadData, match=rf"^no space left in {tmp_path}/decoded for {vtab_root}/eurosat\w*/\w+\.txt's "
+                                      r"decoded images \(0\.0 MB at 8 px\); free space there or point \$ADAPTBENCH"):
+        task.at_size(8)
+    assert list((tmp_path / "decoded").iterdir()) == []  # its temporary went with it
+
+
+def test_a_killed_decodes_temporary_is_removed_and_a_live_ones_kept(vtab_root, monkeypatch, tmp_path):
+    import fcntl
+    import os
+
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
+    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
+    task.at_size(8)
+    finals = sorted((tmp_path / "decoded").glob("*.npy"))
+    for final in finals:
+        final.unlink()
+    killed, live = (tmp_path / "decoded" / f".{finals[0].name}.{tag}.tmp" for tag in ("killed", "live"))
+    for temporary in (killed, live):
+        temporary.write_bytes(b"\0" * 4096)
+        os.utime(temporary, (0, 0))  # old: no decode that was just created
+    with open(live, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as a decode in another process holds it
+        task.at_size(8)
+        assert live.exists() and not killed.exists()
+    assert sorted((tmp_path / "decoded").glob("*.npy")) == finals
+
+
+def test_a_label_in_other_digits_than_ascii_is_no_integer(tmp_path):
+    (tmp_path / "test.txt").write_text("a.jpg 1\nb.jpg \u0663\n")  # ARABIC-INDIC DIGIT THREE: int() reads it as 3
+    with pytest.raises(harness.UserError, match=r"test.txt:2: expected 'path label', got 'b.jpg \u0663'"):
+        ImageList.read(tmp_path, tmp_path / "test.txt")
+
+
+@pytest.mark.parametrize("selection, lists", [("test", "train800val200.txt, test.txt"),
+                                              ("val", "train800.txt, val200.txt, test.txt")])
+def test_the_run_names_the_lists_it_reads_not_every_list_in_the_folder(selection, lists, tmp_path):
+    write_task(tmp_path / "root", "dtd")
+    result = invoke("--methods", "lora", "--tasks", "dtd", "--backbone", MICRO, "--data-root", tmp_path / "root",
+                    "--selection", selection, "--dry-run", "--no-estimate")
+    assert f"  dtd: {(tmp_path / 'root' / 'dtd').resolve()} ({lists})\n" in result.output, result.output

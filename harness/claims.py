@@ -59,15 +59,17 @@ def this_process() -> dict:
 
 def is_live(owner: dict, heartbeat_age: float, job_id: str | None = None) -> bool:
     """Whether the claim of ``owner`` (its file's fields) whose heartbeat is ``heartbeat_age`` seconds old still
-    stands against a process of ``job_id`` (a requeued job takes over its own job's claim)."""
-    if job_id and owner.get("job_id") == job_id:
-        return False
+    stands against a process of ``job_id``. On this host the owner's process itself answers; on another, a job
+    requeued by Slurm (which keeps its id) takes over its own job's claim, and any other claim stands while its
+    heartbeat is fresh."""
     if owner.get("host") == socket.gethostname():
         pid = owner.get("pid")
         if not isinstance(pid, int) or not _pid_runs(pid):
             return False
         start = owner.get("process_start")
         return start is None or _process_start(pid) in (None, start)
+    if job_id and owner.get("job_id") == job_id:
+        return False
     return heartbeat_age < STALE_SECONDS
 
 

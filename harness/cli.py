@@ -493,7 +493,7 @@ def status(**options: object) -> None:
     queued on Slurm, failed (kind and reason). A run whose process died is marked failed (died) here, and a
     sweep run again runs it again. For one plan's missing runs, add --dry-run to the sweep's command line.
 
-    Exit code: 0 nothing failed, 1 some run failed, 2 bad input.
+    Exit code: 0 nothing failed, 1 some run failed or a run file is damaged, 2 bad input.
     """
     _exit_with(lambda: _status(**options))
 
@@ -510,7 +510,7 @@ def _status(runs: tuple[Path, ...]) -> int:
         for label, state, detail in rows:
             if state != "done":
                 click.echo(f"  {state:<8} {label}" + (f": {detail}" if detail else ""))
-        failed = failed or any(state == "failed" for _, state, _ in rows)
+        failed = failed or any(state in ("failed", "damaged") for _, state, _ in rows)
     return 1 if failed else 0
 
 

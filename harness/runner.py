@@ -258,7 +258,8 @@ class LocalExecutor:
         env, device = self._environment(slot)
         log = self.store.log_path(config) if self.parallel > 1 else None
         job = worker_job(config, self.store, device, self.data_root, self.plugins, self.options,
-                         {"name": "local", "job_id": f"worker{slot}", "log": str(log) if log else None})
+                         {"name": "local", "job_id": f"{os.getpid()}.worker{slot}",
+                          "log": str(log) if log else None})  # the sweep's pid: two sweeps' worker 0 are two jobs
         limit = None if self.options.timeout is None else self.options.timeout + 60  # the run's own check first
         try:
             if log is None:

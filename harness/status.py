@@ -1,5 +1,5 @@
 """What state each run of a plan or a folder is in: done, running (who, where its log is), queued (on Slurm),
-failed (its kind and reason) or missing. ``run.py status RUNS`` and ``--dry-run`` print it; both read only the
+failed (its kind and reason) or missing; and which run files of a folder are damaged. ``run.py status RUNS`` and ``--dry-run`` print it; both read only the
 run store (records, claims, Slurm submissions), and a ``running`` record whose process died is marked so.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .config import RunConfig
 from .slurm import submitted
 from .store import STATUS_FAILED, STATUS_OK, RunStore, is_run_record, read_json, run_files
 
-STATES = ("done", "running", "queued", "failed", "missing")
+STATES = ("done", "running", "queued", "failed", "missing", "damaged")
 
 
 def _state(store: RunStore, stem: str, record: dict | None, queue: dict[str, dict]) -> tuple[str, str]:
@@ -44,9 +44,12 @@ def folder_states(folder: Path) -> list[tuple[str, str, str]]:
     rows, seen = [], set()
     for path in run_files(folder):
         record = store.settle(path, read_json(path))
-        if not is_run_record(record):
-            continue
         stem = path.name[:-len(".json")]
+        if not is_run_record(record):
+            seen.add(stem)
+            rows.append((path.name, "damaged", "not a run record (unreadable, or a key, config, status or metrics "
+                                               "missing or malformed); a sweep of its config runs it again"))
+            continue
         seen.add(stem)
         rows.append((RunConfig.from_dict(record["config"]).label, *_state(store, stem, record, queue)))
     rows += [(stem, *_state(store, stem, None, queue)) for stem in sorted(set(queue) - seen)]

@@ -88,8 +88,11 @@ def read_json(path: Path) -> dict | None:
 
 
 def is_run_record(payload: dict | None) -> bool:
+    """Whether ``payload`` is a record the runner and ``results.csv`` can act on: a key, a config, a known status,
+    and metrics (where it has them) that are a mapping. A file damaged by hand or by another program is not."""
     return isinstance(payload, dict) and {"key", "config", "status"} <= set(payload) \
-        and isinstance(payload["config"], dict)
+        and isinstance(payload["config"], dict) and payload["status"] in (STATUS_RUNNING, STATUS_OK, STATUS_FAILED) \
+        and isinstance(payload.get("metrics", {}), dict)
 
 
 def run_files(folder: Path) -> list[Path]:
@@ -130,9 +133,11 @@ class RunStore:
         write_json_atomic(self.path(config), record)
 
     def read(self, config: RunConfig) -> dict | None:
-        """The config's record, a ``running`` one whose process died marked so first (:meth:`settle`)."""
+        """The config's record, a ``running`` one whose process died marked so first (:meth:`settle`); None when
+        there is none or its file is no run record (damaged: the run is to do, as if it had never run)."""
         path = self.path(config)
-        return self.settle(path, read_json(path))
+        record = self.settle(path, read_json(path))
+        return record if is_run_record(record) else None
 
     def settle(self, path: Path, record: dict | None) -> dict | None:
         """``record`` (read from ``path``), or, when it says ``running`` and no live process holds its claim, the

@@ -150,6 +150,28 @@ def test_a_live_claim_is_refused_and_a_dead_owners_claim_is_taken_over(tmp_path)
     taken.release()
 
 
+def test_a_live_process_on_this_host_keeps_its_claim_against_a_job_of_the_same_id(tmp_path):
+    """Two local sweeps on one folder both have a worker 0: the job-id takeover (a requeued Slurm job) must not let
+    the second take the first's live claim and train the same config at the same time."""
+    claims = Claims(tmp_path)
+    held = claims.take("run", {"name": "local", "job_id": "worker0"})
+    assert held is not None
+    assert claims.take("run", {"name": "local", "job_id": "worker0"}) is None
+    held.release()
+
+
+def test_local_workers_of_two_sweeps_have_two_job_ids(tmp_path, monkeypatch):
+    class Built(Exception):
+        pass
+
+    def built(*args):
+        raise Built(args[-1]["job_id"])
+    monkeypatch.setattr(runner, "worker_job", built)
+    executor = runner.LocalExecutor(1, {}, RunStore(tmp_path), torch.device("cpu"), [], None)
+    with pytest.raises(Built, match=rf"^{os.getpid()}\.worker0$"):  # the sweep's own pid: another sweep's differs
+        executor._run(configs_of(1)[0], 0)
+
+
 def test_a_claim_from_another_host_is_dead_once_its_heartbeat_is_stale(tmp_path):
     claims = Claims(tmp_path)
     claims.path("run").write_text(json.dumps({"host": "node-17", "pid": 1, "job_id": "42_3"}))
@@ -428,3 +450,28 @@ def test_an_inline_sweep_runs_in_the_calling_thread(tmp_path):
     runner.run_all(configs, RunStore(tmp_path), executor, progress=SweepProgress(configs, log=lambda line: None,
                                                                                     bar=False))
     assert threads == [threading.main_thread()] * 2
+
+
+@pytest.mark.parametrize("damage", [lambda record: record.pop("status"), lambda record: record.update(metrics=None)],
+                         ids=["no-status", "metrics-null"])
+def test_a_run_file_damaged_by_hand_is_named_by_status_and_run_again_by_the_sweep(plugin_file, tmp_path, damage):
+    out = tmp_path / "runs"
+    arguments = sweep_args(plugin_file, out, methods="lora", seeds="0,1", epochs="1")
+    assert run_cli(*arguments).exit_code == 0
+    damaged = sorted(out.glob("*.json"))[0]
+    record = json.loads(damaged.read_text())
+    damage(record)
+    damaged.write_text(json.dumps(record))
+    status = run_cli("status", str(out))
+    assert status.exit_code == 1 and f"  damaged  {damaged.name}: not a run record" in status.output, status.output
+    result = run_cli(*arguments)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "not estimated for the 1 not yet done" in result.output and "2 ok, 0 failed" in result.output
+    assert all(row["status"] == "ok" for row in rows(out).values())
+    assert len(pd_rows(out / "results.csv")) == 2
+
+
+def pd_rows(path: Path) -> list[dict]:
+    import pandas as pd
+
+    return pd.read_csv(path).to_dict("records")

@@ -42,7 +42,8 @@ def _process_start(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]
 
 
-def _pid_runs(pid: int) -> bool:
+def process_runs(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (a zombie does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -64,7 +65,7 @@ def is_live(owner: dict, heartbeat_age: float, job_id: str | None = None) -> boo
     heartbeat is fresh."""
     if owner.get("host") == socket.gethostname():
         pid = owner.get("pid")
-        if not isinstance(pid, int) or not _pid_runs(pid):
+        if not isinstance(pid, int) or not process_runs(pid):
             return False
         start = owner.get("process_start")
         return start is None or _process_start(pid) in (None, start)

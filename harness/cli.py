@@ -25,7 +25,7 @@ from .estimate import EstimateUnavailable, describe, estimate
 from .plan import NORMALIZATIONS, default_compression, describe_plan, load_tasks, plan_runs, resolve_device
 from .results import summary_table
 from .progress import SweepProgress
-from .runner import LocalExecutor, RunOptions, inline_executor, run_all, to_run, triage, worker_job
+from .runner import WAIT_SECONDS, LocalExecutor, RunOptions, inline_executor, run_all, to_run, triage, worker_job
 from .slurm import CLUSTERS
 from .store import STATUS_OK, STATUS_RUNNING, RunStore
 from .train import SELECTIONS
@@ -483,7 +483,21 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
                                    f"Slurm job {handle.job_id} ended without finishing the run; see "
                                    f"{handle.paths.stderr}", record)
         records[config.key] = record
-    return [records.get(config.key) or store.read(config) for config in configs]
+    for config in (config for config in configs if config.key in busy):
+        announced = False
+        while store.claims.owner(config.file_stem) is not None \
+                or slurm.queued(store, config.file_stem, settings.cluster) is not None:
+            if not announced:
+                progress.log(f"waiting for {config.label}: running or queued in another sweep")
+                announced = True
+            time.sleep(WAIT_SECONDS)
+        record = store.read(config)
+        if record is None or record["status"] == STATUS_RUNNING:
+            record = write_failure(config, task_data[config.task], store, "died",
+                                   "it was running or queued in another sweep, which ended without finishing it; "
+                                   "rerun the sweep to run it again", record)
+        records[config.key] = record
+    return [records[config.key] for config in configs]
 
 
 @main.command("status", context_settings=CONTEXT)

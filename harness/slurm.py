@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .claims import folder_lock
+from .claims import folder_lock, process_runs
 from .config import RunConfig
 from .errors import UserError
 from .runner import WorkerJob
@@ -103,14 +103,22 @@ def submitted(store: RunStore) -> dict[str, dict]:
     return read_json(logs_folder(store) / SUBMITTED) or {}
 
 
-def queued(store: RunStore, stem: str, cluster: str) -> dict | None:
-    """The submission of ``stem`` if its job is still queued or running, as Slurm's accounting says."""
+def queued(store: RunStore, stem: str, cluster: str | None = None) -> dict | None:
+    """The submission of ``stem`` if its job is still queued or running: as Slurm's accounting says, or for
+    submitit's local executor, whose job id is its process's pid, as that process's existence says. ``cluster``
+    None: the one the submission went to."""
     entry = submitted(store).get(stem)
-    if entry is None or cluster != "slurm":
+    cluster = cluster or (entry or {}).get("cluster", "slurm")
+    if entry is None or cluster == "debug":  # the debug executor ran it inside the submitting process
         return None
+    if cluster == "local":
+        return entry if process_runs(int(entry["job_id"])) else None
     import submitit
 
-    state = submitit.SlurmJob(logs_folder(store), entry["job_id"]).state
+    try:
+        state = submitit.SlurmJob(logs_folder(store), entry["job_id"]).state
+    except Exception:  # no accounting to ask (sacct missing or failing): as submitted, the one thing known
+        return entry
     return entry if state.split()[0] in QUEUED_STATES else None
 
 
@@ -128,7 +136,8 @@ def submit(jobs: Sequence[WorkerJob], configs: Sequence[RunConfig], settings: Sl
     with folder_lock(store.claims.lock):
         entries = submitted(store)
         for config, handle in zip(configs, handles):
-            entries[config.file_stem] = {"job_id": handle.job_id, "stdout": str(handle.paths.stdout),
+            entries[config.file_stem] = {"job_id": handle.job_id, "cluster": settings.cluster,
+                                         "stdout": str(handle.paths.stdout),
                                          "stderr": str(handle.paths.stderr), "submitted_at": time.time()}
         write_json_atomic(logs_folder(store) / SUBMITTED, entries)
     return handles

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from .claims import owner_summary
 from .config import RunConfig
-from .slurm import submitted
+from .slurm import queued, submitted
 from .store import STATUS_FAILED, STATUS_OK, RunStore, is_run_record, read_json, run_files
 
 STATES = ("done", "running", "queued", "failed", "missing", "damaged")
@@ -26,7 +26,10 @@ def _state(store: RunStore, stem: str, record: dict | None, queue: dict[str, dic
         return "running", owner_summary(owner)
     if stem in queue:
         entry = queue[stem]
-        return "queued", f"Slurm job {entry['job_id']}, log {entry['stdout']}"
+        if queued(store, stem) is not None:
+            return "queued", f"Slurm job {entry['job_id']}, log {entry['stdout']}"
+        return "missing", (f"Slurm job {entry['job_id']} is no longer queued or running and left no record (see "
+                           f"{entry.get('stderr', entry['stdout'])}); the sweep's command submits it again")
     return "missing", ""
 
 

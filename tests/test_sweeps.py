@@ -475,3 +475,38 @@ def pd_rows(path: Path) -> list[dict]:
     import pandas as pd
 
     return pd.read_csv(path).to_dict("records")
+
+
+def test_slurm_wait_waits_for_a_run_another_sweep_holds_and_reports_its_record(plugin_file, tmp_path):
+    import threading
+
+    out = tmp_path / "runs"
+    assert run_cli(*sweep_args(plugin_file, out, methods="lora", seeds="0", epochs="1")).exit_code == 0
+    (path,) = out.glob("*.json")
+    finished = json.loads(path.read_text())
+    path.write_text(json.dumps({**finished, "status": STATUS_RUNNING}))  # another sweep is running it
+    claim = RunStore(out).claims.take(path.stem, {"name": "inline"})
+
+    def finish() -> None:
+        path.write_text(json.dumps(finished))
+        claim.release()
+    threading.Timer(3.0, finish).start()
+    result = run_cli(*sweep_args(plugin_file, out, "--executor", "slurm", "--slurm-cluster", "local", "--wait",
+                                 methods="lora", seeds="0", epochs="1"))
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "Nothing to submit: 1 run(s) running or queued" in result.output
+    assert "running or queued in another sweep" in result.output and "1 ok, 0 failed" in result.output
+
+
+def test_status_asks_whether_a_submitted_job_still_runs_before_calling_its_run_queued(tmp_path):
+    store = RunStore(tmp_path)
+    live, gone = configs_of(2)
+    ended = dead_pid()
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "submitted.json").write_text(json.dumps({
+        live.file_stem: {"job_id": str(os.getpid()), "cluster": "local", "stdout": "a.out", "stderr": "a.err"},
+        gone.file_stem: {"job_id": str(ended), "cluster": "local", "stdout": "b.out", "stderr": "b.err"}}))
+    result = run_cli("status", str(store.folder))
+    assert "1 queued, 1 missing" in result.output, result.output
+    assert f"  missing  {gone.file_stem}: Slurm job {ended} is no longer queued or running and left no record " \
+           f"(see b.err)" in result.output

@@ -53,8 +53,10 @@ class PairedResult:
 def pair_runs(a: pd.DataFrame, b: pd.DataFrame, value: str = "test_acc_best") -> Pairs:
     """Pair two sets of runs (columns ``task``, ``seed``, ``value``) on the tasks both have.
 
-    Units are (task, seed) when, on every shared task, both sides ran the same seeds; otherwise some runs would
-    have no partner, so each task's mean over its own seeds is one unit instead, and the note says so.
+    Units are (task, seed): on every shared task the seeds both sides ran, each side's runs of one seed averaged;
+    a run whose seed the other side lacks on that task (a failed or missing partner) is left out, and the note
+    names it. Only when some shared task has no seed in common is each task's mean over its own seeds one unit
+    instead (on every task, so that the units are alike), and the note says which tasks forced it.
     """
     shared = sorted(set(a["task"]) & set(b["task"]))
     notes = []
@@ -63,11 +65,18 @@ def pair_runs(a: pd.DataFrame, b: pd.DataFrame, value: str = "test_acc_best") ->
         notes.append(f"tasks on one side only, left out: {', '.join(unmatched)}")
     a, b = a[a["task"].isin(shared)], b[b["task"].isin(shared)]
     seeds_a, seeds_b = (side.groupby("task")["seed"].apply(frozenset) for side in (a, b))
-    if all(seeds_a.get(task) == seeds_b.get(task) for task in shared):
+    apart = [task for task in shared if not seeds_a[task] & seeds_b[task]]
+    if not apart:
         keys, pairing = ["task", "seed"], "task x seed"
+        alone = [f"{task} seed {_seed(seed)}" for task in shared
+                 for seed in sorted(seeds_a[task] ^ seeds_b[task], key=_seed)]
+        if alone:
+            notes.append(f"runs whose task and seed the other side lacks, left out: {', '.join(alone)}")
     else:
         keys, pairing = ["task"], "task means"
-        notes.append(f"seeds differ ({_seed_list(a)} vs {_seed_list(b)}), so paired on per-task means")
+        notes.append("no seed in common on " + ", ".join(
+            f"{task} (seeds {_seed_list(seeds_a[task])} vs {_seed_list(seeds_b[task])})" for task in apart)
+            + ", so paired on per-task means")
     merged = pd.merge(a.groupby(keys)[value].mean().rename("a"), b.groupby(keys)[value].mean().rename("b"),
                       left_index=True, right_index=True).reset_index()
     if "seed" not in merged:
@@ -76,8 +85,12 @@ def pair_runs(a: pd.DataFrame, b: pd.DataFrame, value: str = "test_acc_best") ->
     return Pairs(merged[["task", "seed", "a", "b", "diff"]], pairing, "; ".join(notes))
 
 
-def _seed_list(runs: pd.DataFrame) -> str:
-    return "seeds " + ",".join(str(seed) for seed in sorted(set(runs["seed"])))
+def _seed(seed: object) -> object:
+    return int(seed) if isinstance(seed, float) and seed.is_integer() else seed
+
+
+def _seed_list(seeds: frozenset) -> str:
+    return ",".join(str(_seed(seed)) for seed in sorted(seeds, key=_seed))
 
 
 def bootstrap_ci(diffs: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,

@@ -173,6 +173,31 @@ def test_adverse_compression_gives_a_verdict_only_at_matched_throughput(tmp_path
     assert ("outside" in row["note"]) == verdict.startswith("unmatched")
 
 
+def test_a_method_the_small_model_was_not_timed_against_is_matched_through_the_rows_of_the_one_it_was(tmp_path):
+    """small_peft times itself beside tome; diffrate at that level, twice as fast as tome here, is not matched."""
+    records = (grid("small_peft", "high", seeds=(0, 1), matched_throughput_ratio=1.02, matched_method="tome")
+               + grid("tome", "high", shift=-3, seeds=(0, 1))
+               + grid("diffrate", "high", shift=-3, seeds=(0, 1), infer_img_per_s=2000.0)
+               + grid("pyra", "high", shift=-3, seeds=(0, 1), infer_img_per_s=1020.0))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    table = report.adverse_compression(runs).set_index("method")
+    assert table.loc["tome", "matched_throughput_ratio"] == pytest.approx(1.02)
+    assert table.loc["tome", "verdict"] == "adverse" and "side by side" not in table.loc["tome", "note"]
+    assert table.loc["diffrate", "matched_throughput_ratio"] == pytest.approx(0.51)
+    assert table.loc["diffrate", "verdict"] == "unmatched (ratio 0.51x)"
+    assert "ratio 1.02 (timed side by side with tome) x 0.50 (tome's median img/s over diffrate's)" in \
+        table.loc["diffrate", "note"]
+    assert table.loc["pyra", "matched_throughput_ratio"] == pytest.approx(1.0) and table.loc["pyra", "verdict"] == "adverse"
+
+
+@pytest.mark.parametrize("ratio", [0.9, 1.1])
+def test_the_tolerances_bounds_are_matched_both_ways(tmp_path, ratio):
+    records = (grid("small_peft", "high", seeds=(0, 1), matched_throughput_ratio=ratio)
+               + grid("tome", "high", shift=-3, seeds=(0, 1)))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    assert report.adverse_compression(runs)["verdict"].tolist() == ["adverse"]
+
+
 def test_report_match_tolerance_option_reaches_the_verdicts(tmp_path):
     from click.testing import CliRunner
 

@@ -61,12 +61,25 @@ def test_pairs_on_task_and_seed_when_both_ran_the_same_seeds():
     assert "digits" in pairs.note  # the unmatched task is named
 
 
-def test_falls_back_to_task_means_when_seeds_differ():
+def test_a_run_without_its_partner_is_left_out_and_the_other_units_stay_paired_by_seed():
+    """One failed run must not collapse the test to task means: with a seed effect both methods share (+5 per
+    seed) and a true difference of exactly -3, the pairs on the units both have give -3 and keep their count."""
+    tasks = ["count", "cells", "digits", "photos", "orientation"]
+    a = _runs({task: [50 + 5 * seed - 3 for seed in range(3)] for task in tasks})
+    b = _runs({task: [50 + 5 * seed for seed in range(3)] for task in tasks})
+    b = b[~((b["task"] == "cells") & (b["seed"] == 2))]
+    pairs = stats.pair_runs(a, b)
+    assert pairs.pairing == "task x seed" and len(pairs.table) == 14 and set(pairs.diffs) == {-3.0}
+    assert "left out: cells seed 2" in pairs.note
+
+
+def test_falls_back_to_task_means_when_a_task_has_no_seed_in_common():
     a = _runs({"count": [50, 52, 54], "cells": [80, 82, 84]})
-    b = _runs({"count": [50], "cells": [81]})
+    b = _runs({"count": [50], "cells": [81]}).assign(seed=lambda runs: runs["seed"] + 7)
     pairs = stats.pair_runs(a, b)
     assert pairs.pairing == "task means" and sorted(pairs.diffs) == [1.0, 2.0]
-    assert "seeds differ" in pairs.note
+    assert pairs.note == ("no seed in common on cells (seeds 0,1,2 vs 7), count (seeds 0,1,2 vs 7), so paired on "
+                          "per-task means")
 
 
 @pytest.mark.parametrize("shift, noise, expected", [(-3.0, 0.3, stats.WORSE), (3.0, 0.3, stats.BETTER),

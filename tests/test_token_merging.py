@@ -215,6 +215,7 @@ def test_small_peft_matches_throughput_when_compressed_and_records_the_ratio():
     smaller = {"vit_micro_medium_patch4_32", "vit_micro_small_plus_patch4_32", "vit_micro_small_patch4_32"}
     assert info["small_backbone"] in smaller and small.pretrained_cfg["architecture"] == info["small_backbone"]
     assert info["matched_throughput_ratio"] > 0 and info["compressed_reference_img_per_s"] > 0
+    assert info["matched_method"] == "tome"  # the report sets other compressed methods against it through its rows
 
 
 def test_small_peft_throughput_matching_leaves_the_seeded_start_unchanged(monkeypatch):

@@ -740,3 +740,27 @@ def test_runs_of_one_row_and_task_on_different_data_are_named_as_pooled(tmp_path
     notes = [note for note in report.write_suite_report(mixed, tmp_path / "r2").warnings if "pools" in note]
     assert len(notes) == 2 and "count on 2 different data (data_fingerprint)" in notes[0]
     assert "2 different normalisations (data_normalization)" in notes[1]
+
+
+def test_two_configs_of_one_seed_count_as_one_seed_and_are_named_as_averaged(tmp_path):
+    def trained(seed, epochs, acc):
+        record = run_record("lora", "count", seed=seed, acc=acc)
+        record["config"]["train"]["epochs"] = epochs
+        record["key"] = f"s{seed}e{epochs}"
+        return record
+
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", [trained(0, 3, 50.0), trained(0, 10, 70.0)])])
+    row = report.leaderboard(runs).iloc[0]
+    assert (row["seeds"], row["runs"], row["acc_count"]) == (1, 2, 60.0)
+    notes = [note for note in report.write_suite_report(runs, tmp_path / "rep").warnings if "averages" in note]
+    assert len(notes) == 1 and "averages 2 runs of count seed 0 (configs that differ in more than the seed)" in notes[0]
+
+
+def test_every_measured_leaderboard_column_has_the_direction_it_is_better_in_and_spreads_have_none():
+    from harness.report.schema import higher_is_better
+
+    assert [higher_is_better(column) for column in ("acc_count", "infer_img_per_s", "speedup", "ppt")] == [True] * 4
+    assert [higher_is_better(column) for column in ("gmacs", "tunable_params", "tunable_pct", "train_peak_mem_mb",
+                                                    "infer_peak_mem_mb")] == [False] * 5
+    assert [higher_is_better(column) for column in ("acc_count_std", "infer_img_per_s_iqr_over_runs", "seeds",
+                                                    "method")] == [None] * 4

@@ -81,7 +81,8 @@ def leaderboard(runs: pd.DataFrame, accuracy: str = DEFAULT_ACCURACY) -> pd.Data
     board["acc_mean_tasks"] = means.mean(axis=1, skipna=False)
     board["acc_mean_groups"] = board[group_columns].mean(axis=1, skipna=False)
     per_row = runs.groupby(ROW_KEY)
-    board["seeds"] = by_task.count().unstack("task").min(axis=1).astype(int)  # the fewest any of its tasks has
+    seeds = runs.groupby(ROW_KEY + ["task"])["seed"].nunique()
+    board["seeds"] = seeds.unstack("task").min(axis=1).astype(int)  # distinct seeds, the fewest any task has
     board["tasks"] = means.notna().sum(axis=1)
     board["runs"] = per_row.size()
     board["infer_img_per_s"] = per_row["infer_img_per_s"].median()  # the median resists one noisy machine

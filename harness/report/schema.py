@@ -77,13 +77,16 @@ PARETO_METRICS = {  # name: (column, higher is better)
 BASELINE_METRICS = ("acc_mean_tasks", "acc_mean_groups", "infer_img_per_s", "gmacs")
 # Which way a leaderboard column is better (every ``acc_`` column: higher), for bold best values in tables.
 HIGHER_IS_BETTER = {"infer_img_per_s": True, "speedup": True, "ppt": True, "gmacs": False, "tunable_params": False,
-                    "train_peak_mem_mb": False}
+                    "tunable_pct": False, "train_peak_mem_mb": False, "infer_peak_mem_mb": False}
+SPREADS = ("_std", "_iqr_over_runs")  # a spread is neither better high nor low, whatever it spreads
 _AVERAGES = ("acc_mean_tasks", "acc_mean_groups")
 
 
 def higher_is_better(column: str) -> bool | None:
     """True for accuracies, throughput, speed-up and PPT; False for GMACs, tunable parameters and memory; None
-    for columns without a better direction (counts, names)."""
+    for columns without a better direction (counts, names, spreads such as ``acc_<task>_std``)."""
+    if column.endswith(SPREADS):
+        return None
     return True if column.startswith("acc_") else HIGHER_IS_BETTER.get(column)
 
 

@@ -140,8 +140,8 @@ def console_leaderboard(board: pd.DataFrame) -> str:
 
 def table_markdown(table: pd.DataFrame, accuracy: Accuracy | None = None) -> str:
     """Markdown of an Adverse Compression, ``--compare``, baseline or ``--paper`` table: differences to two
-    decimals (accuracy changes, ``acc_..._delta``, with their sign), p-values to four, other numbers to three
-    significant digits. A table of another accuracy than the default (``accuracy``, else the table's ``accuracy``
+    decimals (accuracy changes, ``acc_..._delta``, with their sign), p-values to two significant digits, other
+    numbers to three. A table of another accuracy than the default (``accuracy``, else the table's ``accuracy``
     column; a baseline table's ``accuracy_old`` and ``accuracy_new``) opens with a line naming it instead of
     repeating it in every row."""
     from tabulate import tabulate

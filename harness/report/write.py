@@ -54,6 +54,18 @@ def pooled_data(runs: pd.DataFrame) -> list[str]:
     return notes
 
 
+def pooled_seeds(runs: pd.DataFrame) -> list[str]:
+    """Rows holding several runs of one task and seed (other configs of it: another recipe, epochs or timing
+    settings, swept into one folder): the leaderboard averages them, and its ``seeds`` counts seeds, not runs."""
+    counts = runs.groupby([*ROW_KEY, "task", "seed"]).size()
+    notes = []
+    for (device, backbone, method, level, task, seed), count in counts[counts > 1].items():
+        label = row_label({"device_name": device, "backbone": backbone, "method": method, "compression": level})
+        notes.append(f"{label} averages {count} runs of {task} seed {seed} (configs that differ in more than the "
+                     f"seed); report them from separate folders to keep them apart")
+    return notes
+
+
 def training_settings(runs: pd.DataFrame) -> list[str]:
     """Runs not trained as the paper trains (fp32, no TF32, eager): the fast settings are one flag away, and the
     leaderboard says when they were taken. A record without the column (schema 1, or from before the switches)
@@ -107,7 +119,7 @@ def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tu
         report.warnings.append(f"{on_train_only} of {len(runs)} runs trained on the train split alone (--selection "
                                f"val), the others on train + val: rows may mix the two protocols")
     report.warnings += training_settings(runs)
-    report.warnings += pooled_data(runs)
+    report.warnings += pooled_data(runs) + pooled_seeds(runs)
     report.written += _write_table(board, leaderboard_markdown(board), folder, "leaderboard")
     plots, skipped_plots = write_pareto_plots(board, folder, methods)
     report.written += plots

@@ -165,9 +165,9 @@ class Budgets:
     cell is a build (~1 s), the memory step, >= 1 s of warm-up and >= 2 interleaved rounds (one harness and one
     bare epoch each) totalling >= 6 s, then >= 1 s of evaluation: full_ft in fp32 (~3 s an epoch) takes ~16 s,
     the others ~9 s, the bf16 cells ~8 s: ~130 s for the 14 cells. Inference: 10 (variant, precision) cells x 3
-    rounds x (>= 0.3 s warm-up + >= 1.5 s timed) ~ 60 s. Repeatability: 5 x (1 s + 3 s) = 20 s. Agreement and the forward breakdown ~10 s.
-    Start-up, 3,000 generated JPEGs and their decoding ~20-30 s. Compiled inference: two compilations (~20-30 s each on 16
-    cores) and 2 x 3 measurements ~ 60-70 s. In all ~5-6 minutes; the deadline (420 s) stops new measurements
+    rounds x (>= 0.3 s warm-up + >= 1.5 s timed) ~ 60 s. Repeatability: 5 x (1 s + 3 s) = 20 s. Agreement and
+    the forward breakdown ~10 s. Start-up, 3,000 generated JPEGs and their decoding ~20-30 s. Compiled inference:
+    two compilations (~20-30 s each on 16 cores) and 2 x 3 measurements ~ 60-70 s. In all ~5-6 minutes; the deadline (420 s) stops new measurements
     inside 8 minutes should the device be slower.
     """
 

@@ -340,6 +340,7 @@ def _stamp(split: ImageList) -> str:
                         *(f"{path}:{stat.st_size}:{stat.st_mtime_ns}" for path, stat in stats)])
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk or the user's quota
 ABANDONED_AFTER_S = 60.0  # an unlocked temporary this old is a killed decode's, not one being created
 
 
@@ -377,7 +378,11 @@ def decoded(split: ImageList, size: int, interpolation: str = "bicubic") -> Arra
         target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
         if hasattr(os, "posix_fallocate"):
             with open(temporary, "r+b") as handle:
-                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+                try:
+                    os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+                except OSError as exc:  # a filesystem that cannot reserve blocks: decode unreserved, as before
+                    if exc.errno in FULL:
+                        raise
         decode_into(split, size, interpolation, target).flush()
         del target
 
@@ -386,7 +391,7 @@ def decoded(split: ImageList, size: int, interpolation: str = "bicubic") -> Arra
         _remove_abandoned(path)
         replace_atomically(path, write)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in FULL:
             needed = math.prod(shape)
             amount = f"{needed / 1e9:.1f} GB" if needed >= 1e9 else f"{needed / 1e6:.1f} MB"
             raise BadData(f"no space left in {folder} for {split.list_file}'s decoded images ({amount} at {size} "

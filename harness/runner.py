@@ -39,11 +39,13 @@ from .measure import steady_host_allocator
 from .pipeline import Log, noisy_refusal, train_and_measure
 from .progress import SweepProgress
 from .results import environment
-from .store import RETRIED, SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore
+from .store import (RETRIED, SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore, is_run_record,
+                    read_json)
 
 Executor = Callable[[RunConfig], "dict | None"]
 WAIT_SECONDS = 2.0  # how often a sweep looks again at runs another process is running
 KEEPS_CHECKPOINT = ("timeout", "interrupted")  # failures a rerun resumes from the checkpoint
+NEW_ADAPTER_SUFFIX = ".new"  # a forced rerun's adapter until the run is ok and it replaces the finished one
 EXIT_CLAIMED = 3  # a worker's exit code: another live process had claimed its config
 
 
@@ -121,11 +123,17 @@ def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.de
         stored = store.read(config)
         if stored is not None and stored["status"] != STATUS_RUNNING and not to_run(stored, options.rerun):
             return stored  # finished by another process since this sweep looked
-        return _execute(config, task, store, device, log, options, {**executor, **this_process()}, on_epoch)
+        return _execute(config, task, store, device, log, options, {**executor, **this_process()}, on_epoch,
+                        finished=stored if stored is not None and stored["status"] == STATUS_OK else None)
 
 
 def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.device, log: Log,
-             options: RunOptions, executor: dict, on_epoch: Callable[[dict], None] | None) -> dict:
+             options: RunOptions, executor: dict, on_epoch: Callable[[dict], None] | None,
+             finished: dict | None = None) -> dict:
+    """Run ``config`` and write its record. ``finished``: the ``ok`` record a forced rerun replaces, which only an
+    ``ok`` rerun does: the ``running`` record carries it (``replaces``), so a kill gives it back
+    (:meth:`RunStore.settle`), and any other ending writes it back too (the failure is in the returned record,
+    the sweep's summary and its exit code). Its adapter stays until the new one is in place."""
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.train.compile or config.measure.compile:
@@ -136,17 +144,20 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
     record = {**new_record(config, task), "environment": environment(device, steady_host_allocator()),
               "executor": executor}
     adapter = store.adapter_path(config)
-    adapter.unlink(missing_ok=True)
+    trained_adapter = adapter.with_name(adapter.name + NEW_ADAPTER_SUFFIX) if finished else adapter
+    adapter.with_name(adapter.name + NEW_ADAPTER_SUFFIX).unlink(missing_ok=True)  # a killed forced rerun's
+    if finished is None:
+        adapter.unlink(missing_ok=True)
     if task.problem is not None:  # bad data: recorded as failed without starting, so the other tasks go on
         record.update(status=STATUS_FAILED, failure="data", reason=task.problem, wall_seconds=0.0)
-        store.write(config, record)
+        store.write(config, finished or record)
         return record
-    store.write(config, record)
+    store.write(config, {**record, "replaces": finished} if finished else record)
     checkpoint = Checkpointer(store.checkpoint_path(config), options.checkpoint_every, config.key, log)
     started = time.perf_counter()
     try:
         record["metrics"] = train_and_measure(config, task, device, log, store.run_dir(config),
-                                              adapter if options.save_adapters else None, checkpoint=checkpoint,
+                                              trained_adapter if options.save_adapters else None, checkpoint=checkpoint,
                                               tick=_deadline(options.timeout, started), on_epoch=on_epoch)
         refusal = noisy_refusal(record["metrics"], config.measure)
         record["status"] = STATUS_OK if refusal is None else STATUS_FAILED
@@ -166,10 +177,16 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
     finally:
         record["wall_seconds"] = time.perf_counter() - started
         if record["status"] != STATUS_OK:
-            adapter.unlink(missing_ok=True)
+            trained_adapter.unlink(missing_ok=True)
+        elif finished is not None:  # the new adapter (or none, with --no-save-adapters) in place of the old
+            if trained_adapter.exists():
+                os.replace(trained_adapter, adapter)
+                record["metrics"]["adapter_file"] = adapter.name
+            else:
+                adapter.unlink(missing_ok=True)
         if record.get("failure") not in KEEPS_CHECKPOINT:
             checkpoint.remove()
-        store.write(config, record)
+        store.write(config, record if finished is None or record["status"] == STATUS_OK else finished)
         if device.type == "cuda":  # here, not in the except clause, whose traceback still holds the run's tensors
             gc.collect()
             torch.cuda.empty_cache()  # the next inline run starts from the same free memory, whatever this one did
@@ -290,8 +307,13 @@ def write_failure(config: RunConfig, task: TaskData, store: RunStore, failure: s
     """Record ``config`` as failed, of kind ``failure``, where its executor saw it end unfinished: ``record``
     (what it had written, if anything) or a new one, marked failed and written back, its adapter removed."""
     record = {**(record or new_record(config, task)), "status": STATUS_FAILED, "failure": failure, "reason": reason}
-    store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
-    store.write(config, record)
+    replaced = (read_json(store.path(config)) or {}).get("replaces")  # a forced rerun's: the finished run stays
+    replaced = record.pop("replaces", None) or replaced
+    adapter = store.adapter_path(config)
+    adapter.with_name(adapter.name + NEW_ADAPTER_SUFFIX).unlink(missing_ok=True)
+    if not is_run_record(replaced):
+        adapter.unlink(missing_ok=True)  # a failed run leaves no adapter
+    store.write(config, replaced if is_run_record(replaced) else record)
     return record
 
 

@@ -1,6 +1,7 @@
 """What state each run of a plan or a folder is in: done, running (who, where its log is), queued (on Slurm),
-failed (its kind and reason) or missing; and which run files of a folder are damaged. ``run.py status RUNS`` and ``--dry-run`` print it; both read only the
-run store (records, claims, Slurm submissions), and a ``running`` record whose process died is marked so.
+failed (its kind and reason) or missing; and which run files of a folder are damaged. ``run.py status RUNS`` and
+``--dry-run`` print it; both read only the run store (records, claims, Slurm submissions), and a ``running``
+record whose process died is marked so.
 """
 from __future__ import annotations
 

@@ -153,10 +153,13 @@ class RunStore:
                     or self.claims.owner(stem) is not None:
                 return record
             owner = record.get("executor") or {}
-            record.update(status=STATUS_FAILED, failure="died",
-                          reason=f"its process (host {owner.get('host')}, pid {owner.get('pid')}) died before "
-                                 f"finishing; rerun the sweep to run it again (with --checkpoint-every it goes on "
-                                 f"from its last checkpoint)")
+            if is_run_record(record.get("replaces")):  # a forced rerun that died: the finished run it replaced
+                record = record["replaces"]
+            else:
+                record.update(status=STATUS_FAILED, failure="died",
+                              reason=f"its process (host {owner.get('host')}, pid {owner.get('pid')}) died before "
+                                     f"finishing; rerun the sweep to run it again (with --checkpoint-every it goes "
+                                     f"on from its last checkpoint)")
             write_json_atomic(path, record)
         return record
 

@@ -1,6 +1,8 @@
 """Adapter-only checkpoints: a trained run's trainable parameters reload onto a freshly adapted backbone and give
 the same logits; a file that does not fit is one line; the CLI writes one beside each record unless told not to."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -201,3 +203,56 @@ def test_the_cli_saves_the_adapter_beside_the_record_and_it_reloads(plugin_file,
 def test_no_save_adapters_writes_none(plugin_file, tmp_path):
     record, _ = cli_run(plugin_file, tmp_path / "runs", "--no-save-adapters")
     assert not list((tmp_path / "runs").glob("*.safetensors")) and "adapter_file" not in record["metrics"]
+
+
+def _finished_run(monkeypatch, store: RunStore, task) -> dict:
+    def pipeline(run_config, task, device, log, run_dir, adapter_path, **kwargs):
+        adapter_path.write_bytes(b"the finished run's")
+        return {"test_acc_best": 1.0, "adapter_file": adapter_path.name}
+    monkeypatch.setattr(runner, "train_and_measure", pipeline)
+    assert runner.execute(config(), task, store, torch.device("cpu"), lambda line: None)["status"] == STATUS_OK
+    return store.read(config())  # as the file holds it
+
+
+@pytest.mark.parametrize("ending", [KeyboardInterrupt, RuntimeError])
+def test_a_forced_rerun_that_does_not_finish_leaves_the_finished_run_and_its_adapter(monkeypatch, loaded_plugin,
+                                                                                     tmp_path, ending):
+    store, run = RunStore(tmp_path), config()
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    finished = _finished_run(monkeypatch, store, task)
+
+    def pipeline(run_config, task, device, log, run_dir, adapter_path, **kwargs):
+        assert store.read(run)["replaces"] == finished  # running, carrying the row a kill must not lose
+        assert adapter_path != store.adapter_path(run) and store.adapter_path(run).exists()
+        adapter_path.write_bytes(b"partial")
+        raise ending("cut short")
+    monkeypatch.setattr(runner, "train_and_measure", pipeline)
+    try:
+        record = runner.execute(run, task, store, torch.device("cpu"), lambda line: None, runner.RunOptions(rerun="all"))
+        assert record["status"] == STATUS_FAILED  # what the sweep reports
+    except KeyboardInterrupt:
+        pass
+    assert store.read(run) == finished and store.adapter_path(run).read_bytes() == b"the finished run's"
+    assert [path.name for path in tmp_path.iterdir() if "adapter" in path.name] == [store.adapter_path(run).name]
+
+
+def test_a_killed_forced_rerun_gives_back_the_finished_run_and_an_ok_one_replaces_it(monkeypatch, loaded_plugin,
+                                                                                     tmp_path):
+    store, run = RunStore(tmp_path), config()
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    finished = _finished_run(monkeypatch, store, task)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.write(run, {**runner.new_record(run, task), "executor": {"host": "vm", "pid": dead.pid},
+                      "replaces": finished})  # what a SIGKILL during the rerun leaves
+    assert store.read(run) == finished
+
+    def pipeline(run_config, task, device, log, run_dir, adapter_path, **kwargs):
+        adapter_path.write_bytes(b"the rerun's")
+        return {"test_acc_best": 2.0, "adapter_file": adapter_path.name}
+    monkeypatch.setattr(runner, "train_and_measure", pipeline)
+    record = runner.execute(run, task, store, torch.device("cpu"), lambda line: None, runner.RunOptions(rerun="all"))
+    assert record["status"] == STATUS_OK and store.read(run)["metrics"]["test_acc_best"] == 2.0
+    assert "replaces" not in store.read(run) and record["metrics"]["adapter_file"] == store.adapter_path(run).name
+    assert store.adapter_path(run).read_bytes() == b"the rerun's"
+    assert [path.name for path in tmp_path.iterdir() if "adapter" in path.name] == [store.adapter_path(run).name]

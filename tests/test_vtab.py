@@ -327,3 +327,15 @@ def test_the_run_names_the_lists_it_reads_not_every_list_in_the_folder(selection
     result = invoke("--methods", "lora", "--tasks", "dtd", "--backbone", MICRO, "--data-root", tmp_path / "root",
                     "--selection", selection, "--dry-run", "--no-estimate")
     assert f"  dtd: {(tmp_path / 'root' / 'dtd').resolve()} ({lists})\n" in result.output, result.output
+
+
+def test_a_filesystem_that_cannot_reserve_space_still_gets_its_cache(vtab_root, monkeypatch, tmp_path):
+    import errno
+    import os
+
+    def unsupported(descriptor, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
+    assert np.array_equal(task.at_size(8).test.images.numpy(), decode(task.test, 8))

@@ -106,8 +106,8 @@ def _throughput_ratio(small: pd.DataFrame, compressed: pd.DataFrame, runs: pd.Da
         return _median_ratio(small, compressed), (f"ratio of the rows' median throughputs ({against}, which the "
                                                   f"small model was timed against, has no runs here)")
     factor = _median_ratio(reference, compressed)
-    return recorded * factor, (f"ratio {recorded:.2f} (timed side by side with {against}) x {factor:.2f} ({against}'s "
-                               f"median img/s over {method}'s)")
+    return recorded * factor, (f"ratio {recorded:.2f} (timed side by side with {against}) x {factor:.2f} "
+                               f"({against}'s median img/s over {method}'s)")
 
 
 def _baseline_names(baselines: Sequence[str]) -> str:

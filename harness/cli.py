@@ -20,7 +20,7 @@ from .errors import UserError
 from .vocabulary import NONE, named_levels
 from .measure import MeasureConfig, timing_presets
 from .config import RunConfig
-from .data import TaskData
+from .data import TaskData, cache_dir
 from .estimate import EstimateUnavailable, describe, estimate
 from .plan import NORMALIZATIONS, default_compression, describe_plan, load_tasks, plan_runs, resolve_device
 from .results import summary_table
@@ -51,13 +51,13 @@ def _parse_ints(value: str | None, name: str, minimum: int = 1) -> tuple[int, ..
     return numbers
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(folder: Path, what: str, fix: str) -> None:
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise UserError(f"output folder {out} is not writable ({exc.strerror or exc}); choose another with --out")
+        raise UserError(f"{what} {folder} is not writable ({exc.strerror or exc}); {fix}") from None
 
 
 def _print_tasks(tasks: dict[str, TaskData], selection: str) -> None:
@@ -356,7 +356,8 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
                                    flops_breakdown=flops_breakdown or None, profile=profile or None,
                                    max_spread=max_spread, refuse_noisy=refuse_noisy or None)
     if not dry_run:
-        _check_writable(out)
+        _check_writable(out, "output folder", "choose another with --out")
+    _check_writable(cache_dir(), "the data cache", "point $ADAPTBENCH_CACHE at a writable folder")
     started = time.perf_counter()
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")
     task_data = load_tasks(task_names, data_root, check_images, selection)
@@ -614,7 +615,7 @@ def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], 
     if published is not None and published.suite not in set(frame["suite"]):
         click.echo(f"note: --paper {paper}: no runs of suite {published.suite} to compare with the paper")
     out = out or folders[0] / "report"
-    _check_writable(out)
+    _check_writable(out, "output folder", "choose another with --out")
     root = click.get_current_context().find_root()
     command = shlex.join([root.info_name or "run.py", *root.meta.get(_ARGV, [])])
     for suite, suite_runs in frame.groupby("suite"):

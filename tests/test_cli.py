@@ -127,6 +127,16 @@ def test_output_path_that_is_a_file_is_not_writable(tmp_path):
     assert f"output folder {blocker / 'runs'} is not writable" in result.output
 
 
+def test_a_data_cache_that_cannot_be_written_stops_everything_in_one_line(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(blocker / "cache"))
+    result = CliRunner().invoke(main, ["--out", str(tmp_path / "runs"), "--tasks", "count", "--dry-run"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == (f"error: the data cache {blocker / 'cache'} is not writable (Not a directory); "
+                                     f"point $ADAPTBENCH_CACHE at a writable folder")
+
+
 def test_list_and_dry_run():
     listing = invoke("--list").output
     assert "lora" in listing and "vit_micro_base_patch4_32" in listing and "offline-structured" in listing

@@ -8,6 +8,7 @@ import shlex
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -27,7 +28,7 @@ from .results import summary_table
 from .progress import SweepProgress
 from .runner import WAIT_SECONDS, LocalExecutor, RunOptions, inline_executor, run_all, to_run, triage, worker_job
 from .slurm import CLUSTERS
-from .store import STATUS_OK, STATUS_RUNNING, RunStore
+from .store import STATUS_OK, STATUS_RUNNING, RunStore, attempt_outcome, written_by
 from .train import SELECTIONS
 
 if TYPE_CHECKING:
@@ -462,9 +463,10 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
     busy = {config.key for config in todo if store.claims.owner(config.file_stem) is not None
             or slurm.queued(store, config.file_stem, settings.cluster) is not None}
     todo = [config for config in todo if config.key not in busy]
+    attempts = [uuid.uuid4().hex for _ in todo]  # which record, or note of a forced rerun, each job wrote
     if todo:
         jobs = [worker_job(config, store, "cuda" if device.type == "cuda" else "cpu", data_root, plugins, options,
-                           {"name": "slurm"}) for config in todo]
+                           {"name": "slurm", "attempt": attempt}) for config, attempt in zip(todo, attempts)]
         handles = slurm.submit(jobs, todo, settings, store)
         click.echo(f"Submitted {len(todo)} run(s) to Slurm ({settings.cluster}) as job(s) "
                    f"{handles[0].job_id.split('_')[0]}; logs in {slurm.logs_folder(store)}/"
@@ -477,13 +479,18 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
                    f"only what is not done, running or queued)")
         return None
     slurm.wait(handles)
-    for config, handle in zip(todo, handles):
+    for config, handle, attempt in zip(todo, handles, attempts):
+        outcome = slurm.job_outcome(handle)
+        if outcome == "claimed":  # another sweep had it: waited for below
+            busy.add(config.key)
+            continue
         record = store.read(config)
-        if record is None or record["status"] == STATUS_RUNNING:
+        unfinished = record is None or record["status"] == STATUS_RUNNING
+        if unfinished or (outcome != "ok" and not written_by(record, attempt)):  # the job ended without its record
             record = write_failure(config, task_data[config.task], store, "died",
                                    f"Slurm job {handle.job_id} ended without finishing the run; see "
                                    f"{handle.paths.stderr}", record)
-        records[config.key] = record
+        records[config.key] = attempt_outcome(record, attempt)
     for config in (config for config in configs if config.key in busy):
         announced = False
         while store.claims.owner(config.file_stem) is not None \

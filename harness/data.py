@@ -341,6 +341,7 @@ def _stamp(split: ImageList) -> str:
 
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk or the user's quota
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF)  # flock unsupported there
 ABANDONED_AFTER_S = 60.0  # an unlocked temporary this old is a killed decode's, not one being created
 
 
@@ -348,12 +349,12 @@ def _remove_abandoned(path: Path) -> None:
     """Delete the temporaries of ``path`` that a killed decode left (each as large as the split): those no process
     holds locked. A decode holds its temporary's lock from just after creating it until it is renamed."""
     for temporary in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            with open(temporary, "rb") as handle:
+        try:  # opened for writing: NFS emulates flock with POSIX locks, whose exclusive lock needs it
+            with open(temporary, "r+b") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if time.time() - os.fstat(handle.fileno()).st_mtime > ABANDONED_AFTER_S:
                     temporary.unlink(missing_ok=True)
-        except OSError:  # locked by a live decode, or gone already
+        except OSError:  # locked by a live decode, gone already, or no locks here to tell: left alone
             continue
 
 
@@ -373,8 +374,12 @@ def decoded(split: ImageList, size: int, interpolation: str = "bicubic") -> Arra
     locks = []
 
     def write(temporary: str) -> None:
-        locks.append(open(temporary, "rb"))
-        fcntl.flock(locks[0], fcntl.LOCK_EX)
+        locks.append(open(temporary, "r+b"))
+        try:
+            fcntl.flock(locks[0], fcntl.LOCK_EX)
+        except OSError as exc:  # a filesystem without locks (Lustre mounted without flock): decode unlocked
+            if exc.errno not in NO_LOCKS:
+                raise
         target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
         if hasattr(os, "posix_fallocate"):
             with open(temporary, "r+b") as handle:

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,8 +40,8 @@ from .measure import steady_host_allocator
 from .pipeline import Log, noisy_refusal, train_and_measure
 from .progress import SweepProgress
 from .results import environment
-from .store import (RETRIED, SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore, is_run_record,
-                    read_json)
+from .store import (REPLACES, RETRIED, SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore,
+                    attempt_outcome, finished_of, read_json, with_forced_rerun, written_by)
 
 Executor = Callable[[RunConfig], "dict | None"]
 WAIT_SECONDS = 2.0  # how often a sweep looks again at runs another process is running
@@ -124,16 +125,17 @@ def execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.de
         if stored is not None and stored["status"] != STATUS_RUNNING and not to_run(stored, options.rerun):
             return stored  # finished by another process since this sweep looked
         return _execute(config, task, store, device, log, options, {**executor, **this_process()}, on_epoch,
-                        finished=stored if stored is not None and stored["status"] == STATUS_OK else None)
+                        finished=finished_of(stored))
 
 
 def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.device, log: Log,
              options: RunOptions, executor: dict, on_epoch: Callable[[dict], None] | None,
              finished: dict | None = None) -> dict:
     """Run ``config`` and write its record. ``finished``: the ``ok`` record a forced rerun replaces, which only an
-    ``ok`` rerun does: the ``running`` record carries it (``replaces``), so a kill gives it back
-    (:meth:`RunStore.settle`), and any other ending writes it back too (the failure is in the returned record,
-    the sweep's summary and its exit code). Its adapter stays until the new one is in place."""
+    ``ok`` rerun does: the ``running`` record carries it (:data:`~harness.store.REPLACES`), so a kill gives it back
+    (:meth:`RunStore.settle`), and any other ending writes it back too, noting the attempt
+    (:func:`~harness.store.with_forced_rerun`); the failure is in the returned record, the sweep's summary and its
+    exit code. Its adapter stays until the new one is in place."""
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.train.compile or config.measure.compile:
@@ -150,9 +152,9 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
         adapter.unlink(missing_ok=True)
     if task.problem is not None:  # bad data: recorded as failed without starting, so the other tasks go on
         record.update(status=STATUS_FAILED, failure="data", reason=task.problem, wall_seconds=0.0)
-        store.write(config, finished or record)
+        store.write(config, with_forced_rerun(finished, record) if finished else record)
         return record
-    store.write(config, {**record, "replaces": finished} if finished else record)
+    store.write(config, {**record, REPLACES: finished} if finished else record)
     checkpoint = Checkpointer(store.checkpoint_path(config), options.checkpoint_every, config.key, log)
     started = time.perf_counter()
     try:
@@ -186,7 +188,8 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
                 adapter.unlink(missing_ok=True)
         if record.get("failure") not in KEEPS_CHECKPOINT:
             checkpoint.remove()
-        store.write(config, record if finished is None or record["status"] == STATUS_OK else finished)
+        store.write(config, record if finished is None or record["status"] == STATUS_OK
+                    else with_forced_rerun(finished, record))
         if device.type == "cuda":  # here, not in the except clause, whose traceback still holds the run's tensors
             gc.collect()
             torch.cuda.empty_cache()  # the next inline run starts from the same free memory, whatever this one did
@@ -274,9 +277,10 @@ class LocalExecutor:
     def _run(self, config: RunConfig, slot: int) -> dict | None:
         env, device = self._environment(slot)
         log = self.store.log_path(config) if self.parallel > 1 else None
+        attempt = uuid.uuid4().hex  # which record, or note of a forced rerun, this worker wrote
         job = worker_job(config, self.store, device, self.data_root, self.plugins, self.options,
-                         {"name": "local", "job_id": f"{os.getpid()}.worker{slot}",
-                          "log": str(log) if log else None})  # the sweep's pid: two sweeps' worker 0 are two jobs
+                         {"name": "local", "job_id": f"{os.getpid()}.worker{slot}",  # two sweeps' worker 0: two jobs
+                          "log": str(log) if log else None, "attempt": attempt})
         limit = None if self.options.timeout is None else self.options.timeout + 60  # the run's own check first
         try:
             if log is None:
@@ -292,11 +296,11 @@ class LocalExecutor:
         if code == EXIT_CLAIMED:
             return None
         record = self.store.read(config)  # a worker that died after starting is settled as died here
-        if record is None or record.get("status") == STATUS_RUNNING:
+        if record is None or record.get("status") == STATUS_RUNNING or (code != 0 and not written_by(record, attempt)):
             where = f"; see {log}" if log else " (see its output above)"
             return self._failed(config, "died", f"the worker process exited with code {code} before "
                                                 f"finishing{where}")
-        return record
+        return attempt_outcome(record, attempt)
 
     def _failed(self, config: RunConfig, failure: str, reason: str) -> dict:
         return write_failure(config, self.tasks[config.task], self.store, failure, reason)
@@ -305,15 +309,17 @@ class LocalExecutor:
 def write_failure(config: RunConfig, task: TaskData, store: RunStore, failure: str, reason: str,
                   record: dict | None = None) -> dict:
     """Record ``config`` as failed, of kind ``failure``, where its executor saw it end unfinished: ``record``
-    (what it had written, if anything) or a new one, marked failed and written back, its adapter removed."""
+    (what it had written, if anything) or a new one, marked failed and written back, its adapter removed; or, where
+    a finished run is on file (a forced rerun's), that run written back with a note of the failure, its adapter
+    kept. Returns the failed record."""
+    finished = finished_of(record) or finished_of(read_json(store.path(config)))
     record = {**(record or new_record(config, task)), "status": STATUS_FAILED, "failure": failure, "reason": reason}
-    replaced = (read_json(store.path(config)) or {}).get("replaces")  # a forced rerun's: the finished run stays
-    replaced = record.pop("replaces", None) or replaced
+    record.pop(REPLACES, None)
     adapter = store.adapter_path(config)
     adapter.with_name(adapter.name + NEW_ADAPTER_SUFFIX).unlink(missing_ok=True)
-    if not is_run_record(replaced):
+    if finished is None:
         adapter.unlink(missing_ok=True)  # a failed run leaves no adapter
-    store.write(config, replaced if is_run_record(replaced) else record)
+    store.write(config, record if finished is None else with_forced_rerun(finished, record))
     return record
 
 

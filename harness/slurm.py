@@ -28,6 +28,7 @@ from .store import RunStore, read_json, write_json_atomic
 
 SUBMITTED = "submitted.json"
 QUEUED_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+UNKNOWN = "UNKNOWN"  # submitit's state of a job Slurm's accounting did not answer for
 CLUSTERS = ("slurm", "local", "debug")
 
 
@@ -117,9 +118,10 @@ def queued(store: RunStore, stem: str, cluster: str | None = None) -> dict | Non
 
     try:
         state = submitit.SlurmJob(logs_folder(store), entry["job_id"]).state
-    except Exception:  # no accounting to ask (sacct missing or failing): as submitted, the one thing known
-        return entry
-    return entry if state.split()[0] in QUEUED_STATES else None
+    except Exception:
+        state = UNKNOWN
+    # UNKNOWN: submitit could not ask (sacct missing or failing): as submitted, the one thing known
+    return entry if state.split()[0] in (*QUEUED_STATES, UNKNOWN) else None
 
 
 def submit(jobs: Sequence[WorkerJob], configs: Sequence[RunConfig], settings: SlurmSettings,
@@ -141,6 +143,15 @@ def submit(jobs: Sequence[WorkerJob], configs: Sequence[RunConfig], settings: Sl
                                          "stderr": str(handle.paths.stderr), "submitted_at": time.time()}
         write_json_atomic(logs_folder(store) / SUBMITTED, entries)
     return handles
+
+
+def job_outcome(handle) -> str | None:
+    """What an ended job's run came to, as the worker returned it (``ok``, ``failed`` or ``claimed``); None when
+    the job raised or was killed."""
+    try:
+        return handle.result()
+    except Exception:  # submitit re-raises the job's failure, or says the job died: no outcome of its own
+        return None
 
 
 def wait(handles: Sequence, poll_seconds: float = 2.0) -> None:

@@ -23,6 +23,7 @@ EQUIVALENCE_MARGIN = 1.0  # accuracy points: a CI inside (-1, +1) means "no diff
 MIN_PAIRS = 6
 
 WORSE, BETTER, EQUIVALENT, INCONCLUSIVE = "worse", "better", "equivalent", "inconclusive"
+UNKNOWN_SEED = -1  # a run that records no seed: paired with the other side's runs that record none
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def pair_runs(a: pd.DataFrame, b: pd.DataFrame, value: str = "test_acc_best") ->
     names it. Only when some shared task has no seed in common is each task's mean over its own seeds one unit
     instead (on every task, so that the units are alike), and the note says which tasks forced it.
     """
+    a, b = (side.assign(seed=side["seed"].fillna(UNKNOWN_SEED)) for side in (a, b))  # groupby would drop them
     shared = sorted(set(a["task"]) & set(b["task"]))
     notes = []
     unmatched = sorted(set(a["task"]) ^ set(b["task"]))

@@ -27,9 +27,10 @@ def _state(store: RunStore, stem: str, record: dict | None, queue: dict[str, dic
         return "running", owner_summary(owner)
     if stem in queue:
         entry = queue[stem]
+        job = f"{'Slurm job' if entry.get('cluster', 'slurm') == 'slurm' else 'submitit local job'} {entry['job_id']}"
         if queued(store, stem) is not None:
-            return "queued", f"Slurm job {entry['job_id']}, log {entry['stdout']}"
-        return "missing", (f"Slurm job {entry['job_id']} is no longer queued or running and left no record (see "
+            return "queued", f"{job}, log {entry['stdout']}"
+        return "missing", (f"{job} is no longer queued or running and left no record (see "
                            f"{entry.get('stderr', entry['stdout'])}); the sweep's command submits it again")
     return "missing", ""
 
@@ -38,6 +39,16 @@ def plan_states(configs: Sequence[RunConfig], store: RunStore) -> dict[str, tupl
     """(state, detail) of each planned config, by key."""
     queue = submitted(store)
     return {config.key: _state(store, config.file_stem, store.read(config), queue) for config in configs}
+
+
+def _label(record: dict | None) -> str | None:
+    """The run's label, or None for a file that is no run record or whose config does not make one."""
+    if not is_run_record(record):
+        return None
+    try:
+        return RunConfig.from_dict(record["config"]).label
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
 
 
 def folder_states(folder: Path) -> list[tuple[str, str, str]]:
@@ -49,13 +60,13 @@ def folder_states(folder: Path) -> list[tuple[str, str, str]]:
     for path in run_files(folder):
         record = store.settle(path, read_json(path))
         stem = path.name[:-len(".json")]
-        if not is_run_record(record):
-            seen.add(stem)
+        seen.add(stem)
+        label = _label(record)
+        if label is None:
             rows.append((path.name, "damaged", "not a run record (unreadable, or a key, config, status or metrics "
                                                "missing or malformed); a sweep of its config runs it again"))
             continue
-        seen.add(stem)
-        rows.append((RunConfig.from_dict(record["config"]).label, *_state(store, stem, record, queue)))
+        rows.append((label, *_state(store, stem, record, queue)))
     rows += [(stem, *_state(store, stem, None, queue)) for stem in sorted(set(queue) - seen)]
     return rows
 

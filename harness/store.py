@@ -35,6 +35,11 @@ FAILURES = {
     "interrupted": "interrupted by the user",
 }
 RETRIED = ("data", "died", "interrupted")
+# A forced rerun (--force) replaces a finished run only when it is ok. Until then its ``running`` record carries the
+# finished one under REPLACES; an attempt that ends otherwise (failed, killed, timed out) puts the finished record
+# back with FORCED_RERUN saying how the attempt ended, and its executor (whose ``attempt`` id lets the process that
+# launched it tell its own attempt's outcome from an earlier one's).
+REPLACES, FORCED_RERUN = "replaces", "forced_rerun"
 # 2: records describe their method (roles, display order) and task (suite, group, classes, split sizes), so the
 # report needs no plugin registry. Records without ``schema`` are version 1; ``run.py migrate`` upgrades them.
 SCHEMA_VERSION = 2
@@ -87,12 +92,55 @@ def read_json(path: Path) -> dict | None:
     return payload if isinstance(payload, dict) else None
 
 
+NAMED = ("method", "task", "backbone")  # what a record's config must name, as the report requires
+
+
 def is_run_record(payload: dict | None) -> bool:
-    """Whether ``payload`` is a record the runner and ``results.csv`` can act on: a key, a config, a known status,
-    and metrics (where it has them) that are a mapping. A file damaged by hand or by another program is not."""
+    """Whether ``payload`` is a record the runner and ``results.csv`` can act on: a key, a config naming its method,
+    task and backbone, a known status, and metrics (where it has them) that are a mapping. A file damaged by hand
+    or by another program is not."""
     return isinstance(payload, dict) and {"key", "config", "status"} <= set(payload) \
         and isinstance(payload["config"], dict) and payload["status"] in (STATUS_RUNNING, STATUS_OK, STATUS_FAILED) \
-        and isinstance(payload.get("metrics", {}), dict)
+        and isinstance(payload.get("metrics", {}), dict) \
+        and all(isinstance(payload["config"].get(name), str) and payload["config"][name] for name in NAMED)
+
+
+def finished_of(record: dict | None) -> dict | None:
+    """The finished record a forced rerun of ``record``'s config must not lose: ``record`` itself when ``ok`` (less
+    any note of an earlier forced rerun), or the one a ``running`` record carries; None when there is none."""
+    if not is_run_record(record):
+        return None
+    if record["status"] == STATUS_OK:
+        return {key: value for key, value in record.items() if key != FORCED_RERUN}
+    carried = record.get(REPLACES) if record["status"] == STATUS_RUNNING else None
+    return carried if is_run_record(carried) else None
+
+
+def with_forced_rerun(finished: dict, attempt: dict) -> dict:
+    """``finished`` as it is written back after the forced rerun ``attempt`` (a failed record) did not end ok."""
+    note = {key: attempt.get(key) for key in ("status", "failure", "reason", "executor", "wall_seconds")}
+    note["reason"] = f"{note['reason']} (a forced rerun: the finished run it was to replace is kept; --force runs " \
+                     f"it again)"
+    return {**finished, FORCED_RERUN: note}
+
+
+def written_by(record: dict | None, attempt: str | None) -> bool:
+    """Whether the attempt with id ``attempt`` (its executor's ``attempt``) wrote ``record``, or the note of a
+    forced rerun in it."""
+    note = (record or {}).get(FORCED_RERUN)
+    writers = [(record or {}).get("executor"), note.get("executor") if isinstance(note, dict) else None]
+    return attempt is not None and any(isinstance(writer, dict) and writer.get("attempt") == attempt
+                                       for writer in writers)
+
+
+def attempt_outcome(record: dict | None, attempt: str | None) -> dict | None:
+    """What the attempt with id ``attempt`` came to, from the record it left: a finished record that a failed
+    forced rerun of it was written back over reads as that failure; any other record as it is."""
+    note = (record or {}).get(FORCED_RERUN)
+    if not isinstance(note, dict) or not isinstance(note.get("executor"), dict) \
+            or attempt is None or note["executor"].get("attempt") != attempt:
+        return record
+    return {**record, "status": STATUS_FAILED, "failure": note.get("failure"), "reason": note.get("reason")}
 
 
 def run_files(folder: Path) -> list[Path]:
@@ -153,13 +201,13 @@ class RunStore:
                     or self.claims.owner(stem) is not None:
                 return record
             owner = record.get("executor") or {}
-            if is_run_record(record.get("replaces")):  # a forced rerun that died: the finished run it replaced
-                record = record["replaces"]
-            else:
-                record.update(status=STATUS_FAILED, failure="died",
-                              reason=f"its process (host {owner.get('host')}, pid {owner.get('pid')}) died before "
-                                     f"finishing; rerun the sweep to run it again (with --checkpoint-every it goes "
-                                     f"on from its last checkpoint)")
+            finished = finished_of(record)
+            record.update(status=STATUS_FAILED, failure="died",
+                          reason=f"its process (host {owner.get('host')}, pid {owner.get('pid')}) died before "
+                                 f"finishing; rerun the sweep to run it again (with --checkpoint-every it goes on "
+                                 f"from its last checkpoint)")
+            if finished is not None:  # a forced rerun that died: the finished run it was to replace
+                record = with_forced_rerun(finished, record)
             write_json_atomic(path, record)
         return record
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import harness
 from harness import runner, worker
+from harness import store as store_module
 from harness.cli import main
 from harness.config import RunConfig
 from harness.store import STATUS_FAILED, STATUS_OK, RunStore
@@ -228,11 +229,16 @@ def test_a_forced_rerun_that_does_not_finish_leaves_the_finished_run_and_its_ada
         raise ending("cut short")
     monkeypatch.setattr(runner, "train_and_measure", pipeline)
     try:
-        record = runner.execute(run, task, store, torch.device("cpu"), lambda line: None, runner.RunOptions(rerun="all"))
+        record = runner.execute(run, task, store, torch.device("cpu"), lambda line: None,
+                                runner.RunOptions(rerun="all"))
         assert record["status"] == STATUS_FAILED  # what the sweep reports
     except KeyboardInterrupt:
         pass
-    assert store.read(run) == finished and store.adapter_path(run).read_bytes() == b"the finished run's"
+    kept = store.read(run)
+    note = kept.pop("forced_rerun")
+    assert kept == finished and store.adapter_path(run).read_bytes() == b"the finished run's"
+    assert note["status"] == STATUS_FAILED and note["reason"].endswith("the finished run it was to replace is kept; "
+                                                                       "--force runs it again)")
     assert [path.name for path in tmp_path.iterdir() if "adapter" in path.name] == [store.adapter_path(run).name]
 
 
@@ -243,9 +249,14 @@ def test_a_killed_forced_rerun_gives_back_the_finished_run_and_an_ok_one_replace
     finished = _finished_run(monkeypatch, store, task)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    store.write(run, {**runner.new_record(run, task), "executor": {"host": "vm", "pid": dead.pid},
+    store.write(run, {**runner.new_record(run, task), "executor": {"host": "vm", "pid": dead.pid, "attempt": "a1"},
                       "replaces": finished})  # what a SIGKILL during the rerun leaves
-    assert store.read(run) == finished
+    kept = store.read(run)
+    assert {key: value for key, value in kept.items() if key != "forced_rerun"} == finished
+    assert kept["forced_rerun"]["failure"] == "died"
+    outcome = store_module.attempt_outcome(kept, "a1")  # what the sweep that launched it reports
+    assert (outcome["status"], outcome["failure"]) == (STATUS_FAILED, "died")
+    assert store_module.attempt_outcome(kept, "another") == kept
 
     def pipeline(run_config, task, device, log, run_dir, adapter_path, **kwargs):
         adapter_path.write_bytes(b"the rerun's")
@@ -253,6 +264,31 @@ def test_a_killed_forced_rerun_gives_back_the_finished_run_and_an_ok_one_replace
     monkeypatch.setattr(runner, "train_and_measure", pipeline)
     record = runner.execute(run, task, store, torch.device("cpu"), lambda line: None, runner.RunOptions(rerun="all"))
     assert record["status"] == STATUS_OK and store.read(run)["metrics"]["test_acc_best"] == 2.0
-    assert "replaces" not in store.read(run) and record["metrics"]["adapter_file"] == store.adapter_path(run).name
+    assert not {"replaces", "forced_rerun"} & set(store.read(run))
+    assert record["metrics"]["adapter_file"] == store.adapter_path(run).name
     assert store.adapter_path(run).read_bytes() == b"the rerun's"
     assert [path.name for path in tmp_path.iterdir() if "adapter" in path.name] == [store.adapter_path(run).name]
+
+
+def test_an_executor_that_sees_a_forced_rerun_end_unfinished_keeps_the_finished_run(monkeypatch, loaded_plugin,
+                                                                                    tmp_path):
+    """The local executor's timeout can kill a worker before it writes anything: the finished run stays."""
+    store, run = RunStore(tmp_path), config()
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    finished = _finished_run(monkeypatch, store, task)
+    failed = runner.write_failure(run, task, store, "timeout", "the worker process outlived --timeout 5 s")
+    assert failed["status"] == STATUS_FAILED and failed["failure"] == "timeout"
+    kept = store.read(run)
+    assert kept["forced_rerun"]["failure"] == "timeout" and kept["metrics"] == finished["metrics"]
+    assert store.adapter_path(run).read_bytes() == b"the finished run's"
+
+
+def test_a_forced_rerun_of_a_task_whose_data_went_bad_keeps_the_finished_run(monkeypatch, loaded_plugin, tmp_path):
+    import dataclasses
+
+    store, run = RunStore(tmp_path), config()
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    finished = _finished_run(monkeypatch, store, task)
+    broken = dataclasses.replace(task, problem="3 of 6 images listed in test.txt are missing")
+    record = runner.execute(run, broken, store, torch.device("cpu"), lambda line: None, runner.RunOptions(rerun="all"))
+    assert record["failure"] == "data" and store.read(run)["metrics"] == finished["metrics"]

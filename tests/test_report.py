@@ -765,3 +765,18 @@ def test_every_measured_leaderboard_column_has_the_direction_it_is_better_in_and
                                                     "infer_peak_mem_mb")] == [False] * 5
     assert [higher_is_better(column) for column in ("acc_count_std", "infer_img_per_s_iqr_over_runs", "seeds",
                                                     "method")] == [None] * 4
+
+
+def test_without_runs_of_the_method_it_was_timed_against_the_ratio_is_the_rows_medians(tmp_path):
+    records = (grid("small_peft", "high", seeds=(0, 1), matched_throughput_ratio=1.0, matched_method="tome")
+               + grid("diffrate", "high", shift=-3, seeds=(0, 1), infer_img_per_s=1250.0))
+    runs, _ = report.load_runs([write_runs(tmp_path / "runs", records)])
+    (row,) = report.adverse_compression(runs).to_dict("records")
+    assert row["matched_throughput_ratio"] == pytest.approx(0.8) and row["verdict"] == "unmatched (ratio 0.80x)"
+    assert "ratio of the rows' median throughputs (tome, which the small model was timed against, has no runs here)" \
+        in row["note"]
+
+
+def test_seeds_is_the_fewest_distinct_seeds_of_any_task(tmp_path):
+    records = grid("lora", seeds=(0, 1, 2), tasks=["count"]) + grid("lora", seeds=(0, 1), tasks=["cells"])
+    assert board_of(tmp_path, records).loc[("lora", "none"), "seeds"] == 2

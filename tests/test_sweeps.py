@@ -508,5 +508,83 @@ def test_status_asks_whether_a_submitted_job_still_runs_before_calling_its_run_q
         gone.file_stem: {"job_id": str(ended), "cluster": "local", "stdout": "b.out", "stderr": "b.err"}}))
     result = run_cli("status", str(store.folder))
     assert "1 queued, 1 missing" in result.output, result.output
-    assert f"  missing  {gone.file_stem}: Slurm job {ended} is no longer queued or running and left no record " \
-           f"(see b.err)" in result.output
+    assert f"  missing  {gone.file_stem}: submitit local job {ended} is no longer queued or running and left no " \
+           f"record (see b.err)" in result.output
+
+
+FLAKY_PLUGIN = textwrap.dedent('''
+    """A method that fails while $FLAKY is set."""
+    import os
+
+    import harness
+
+
+    @harness.register_method("flaky")
+    def flaky(model, compression=None):
+        """LoRA, unless $FLAKY is set (and the model is real: the plan checks methods on meta-device models)."""
+        if os.environ.get("FLAKY") and not next(model.parameters()).is_meta:
+            raise RuntimeError("flaky by request")
+        return harness.adapt(model, "lora")
+''')
+
+
+@pytest.mark.parametrize("executor", [["--executor", "local", "--jobs", "1"],
+                                      ["--executor", "slurm", "--slurm-cluster", "local", "--wait"]],
+                         ids=["local", "submitit-local"])
+def test_a_failed_forced_rerun_in_a_worker_is_reported_failed_and_keeps_the_finished_run(plugin_file, tmp_path,
+                                                                                       monkeypatch, executor,
+                                                                                       own_registry):
+    flaky = tmp_path / "flaky.py"
+    flaky.write_text(FLAKY_PLUGIN)
+    out = tmp_path / "runs"
+    arguments = [*sweep_args(plugin_file, out, methods="flaky", seeds="0", epochs="1"), "--plugins", str(flaky)]
+    assert run_cli(*arguments).exit_code == 0
+    (finished,) = rows(out).values()
+    monkeypatch.setenv("FLAKY", "1")
+    result = run_cli(*arguments, "--force", *executor)
+    assert result.exit_code == 1 and "0 ok, 1 failed" in result.output and "flaky by request" in result.output
+    (kept,) = rows(out).values()
+    assert kept["metrics"] == finished["metrics"] and "flaky by request" in kept["forced_rerun"]["reason"]
+
+
+def test_status_names_a_file_with_an_unknown_status_or_a_config_without_its_names_as_damaged(tmp_path):
+    store = RunStore(tmp_path)
+    odd, nameless = configs_of(2)
+    store.write(odd, {"key": odd.key, "config": odd.to_dict(), "status": "finished?"})
+    store.write(nameless, {"key": nameless.key, "config": {**nameless.to_dict(), "method": None}, "status": "ok"})
+    result = run_cli("status", str(tmp_path))
+    assert result.exit_code == 1 and "Traceback" not in result.output and "2 damaged" in result.output, result.output
+    assert store.read(odd) is None and store.read(nameless) is None  # a sweep runs them again
+
+
+def test_a_slurm_job_whose_state_slurm_cannot_tell_is_still_queued(tmp_path, monkeypatch):
+    import submitit
+
+    from harness import slurm
+
+    class Unanswered:
+        def __init__(self, folder, job_id):
+            self.state = "UNKNOWN"
+    monkeypatch.setattr(submitit, "SlurmJob", Unanswered)
+    store = RunStore(tmp_path)
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "submitted.json").write_text(json.dumps({"run": {"job_id": "77_0", "cluster": "slurm",
+                                                                           "stdout": "o", "stderr": "e"}}))
+    assert slurm.queued(store, "run") is not None
+
+
+def test_slurm_wait_records_a_run_another_sweep_left_unfinished_as_died(plugin_file, tmp_path):
+    import threading
+
+    out = tmp_path / "runs"
+    assert run_cli(*sweep_args(plugin_file, out, methods="lora", seeds="0", epochs="1")).exit_code == 0
+    (path,) = out.glob("*.json")
+    record = json.loads(path.read_text())
+    record.pop("metrics")
+    path.write_text(json.dumps({**record, "status": STATUS_RUNNING}))  # another sweep started it afresh ...
+    claim = RunStore(out).claims.take(path.stem, {"name": "inline"})
+    threading.Timer(3.0, claim.release).start()  # ... and ended without a word
+    result = run_cli(*sweep_args(plugin_file, out, "--executor", "slurm", "--slurm-cluster", "local", "--wait",
+                                 methods="lora", seeds="0", epochs="1"))
+    assert result.exit_code == 1 and "0 ok, 1 failed" in result.output, result.output
+    assert json.loads(path.read_text())["failure"] == "died"

@@ -81,8 +81,8 @@ def test_token_sizes_and_so_the_attention_bias_carry_no_gradient(method):
 
 @pytest.mark.parametrize("method", ["tome", "pyra", "diffrate"])
 def test_the_patched_models_compile_as_one_graph_for_training_and_inference(method):
-    """``torch.compile`` can fuse the merge's small kernels only if the whole forward is one graph: a ``.item()``,
-    a data-dependent branch or a per-forward list would break it, and the compiled figures (``--compile``,
+    """``torch.compile`` can fuse the merge's small kernels only if the whole forward is one graph: a branch on a
+    tensor's value (``if score.max() > t``) would break it, and the compiled figures (``--compile``,
     ``--compile-train``, gpu_check) would time a model cut into pieces. The eager backend traces as inductor does,
     without a C compiler."""
     options = {"train_data": [torch.randn(8, 3, 32, 32)], "search_steps": 2} if method == "diffrate" else {}

@@ -338,3 +338,43 @@ def test_a_filesystem_that_cannot_reserve_space_still_gets_its_cache(vtab_root, 
     monkeypatch.setattr(os, "posix_fallocate", unsupported)
     task = load_tasks(["eurosat"], vtab_root)["eurosat"]
     assert np.array_equal(task.at_size(8).test.images.numpy(), decode(task.test, 8))
+
+
+def test_a_decode_holds_its_temporarys_lock_and_a_fresh_unlocked_temporary_is_left_alone(vtab_root, monkeypatch,
+                                                                                        tmp_path):
+    import fcntl
+    import os
+
+    from harness import data
+
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
+    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
+    task.at_size(8)
+    finals = sorted((tmp_path / "decoded").glob("*.npy"))
+    for final in finals:
+        final.unlink()
+    fresh = tmp_path / "decoded" / f".{finals[0].name}.fresh.tmp"
+    fresh.write_bytes(b"\0" * 4096)  # just created by a decode that has not locked it yet
+    decode_into, locked = data.decode_into, []
+
+    def watched(split, size, interpolation, target):
+        for temporary in (tmp_path / "decoded").glob(".*.tmp"):
+            if temporary != fresh:
+                with open(temporary, "r+b") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        locked.append(temporary)
+        return decode_into(split, size, interpolation, target)
+    monkeypatch.setattr(data, "decode_into", watched)
+    task.at_size(8)
+    assert len(locked) == len(finals) and fresh.exists()  # each decode locked its own; the fresh one is kept
+    assert os.stat(fresh).st_size == 4096
+
+
+def test_thirty_two_bit_integer_pixels_are_refused_naming_the_file(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.arange(16 * 16, dtype=np.int32).reshape(16, 16) * 1000).save(tmp_path / "wide.tiff")
+    with pytest.raises(BadData, match=rf"^image {tmp_path}/wide.tiff has 32-bit integer pixels \(PIL mode I\)"):
+        decode(_listed(tmp_path, "wide.tiff"), 8)

@@ -2,6 +2,7 @@
 ``python run.py report [RUNS]...`` analyses finished runs (see ``report --help``)."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -35,20 +36,27 @@ if TYPE_CHECKING:
     from .report import SuiteReport
 
 
+def _finite(value: float | None, name: str) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param_hint=name)
+    return value
+
+
 def _split(value: str) -> list[str]:
-    """Comma-separated items; a bracketed list such as ``[8,8,4]`` stays one item."""
-    return [part.strip() for part in re.findall(r"\[[^\]]*\]|[^,\[\]]+", value) if part.strip()]
+    """Comma-separated items, each once, in order; a bracketed list such as ``[8,8,4]`` stays one item."""
+    return list(dict.fromkeys(part.strip() for part in re.findall(r"\[[^\]]*\]|[^,\[\]]+", value) if part.strip()))
 
 
-def _parse_ints(value: str | None, name: str, minimum: int = 1) -> tuple[int, ...] | None:
+def _parse_ints(value: str | None, name: str, minimum: int = 1, maximum: int | None = None) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
         numbers = tuple(int(part) for part in _split(value))
     except ValueError:
         raise click.BadParameter(f"'{value}' is not a comma-separated list of integers", param_hint=name) from None
-    if not numbers or min(numbers) < minimum:
-        raise click.BadParameter(f"give one or more integers of at least {minimum}", param_hint=name)
+    if not numbers or min(numbers) < minimum or (maximum is not None and max(numbers) > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        raise click.BadParameter(f"give one or more integers {bounds}", param_hint=name)
     return numbers
 
 
@@ -161,8 +169,10 @@ MATCH_TOLERANCE = 0.10
               help="Training epochs.  [default: the task's: 100 for VTAB-1k as in PYRA, fewer offline]")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
               help="Linear warm-up epochs.  [default: a tenth of --epochs]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate of AdamW.  [default: 1e-3]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=math.inf, max_open=True), default=None,
+              callback=lambda ctx, param, value: _finite(value, "--lr"),
+              help="Peak learning rate of AdamW.  [default: the task's for what the method trains (the offline "
+                   "suite: 1e-3 for full fine-tuning, 1e-2 for adapters), else 1e-3]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch.")
 @click.option("--train-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Training and evaluation precision: fp32 (the paper's), or autocast in bf16 or fp16 (fp16 with a "
@@ -178,7 +188,7 @@ MATCH_TOLERANCE = 0.10
                    "time, also record test_acc_at_best_val: a number no test accuracy helped to choose; needs "
                    "VTAB-1k's train800.txt and val200.txt).")
 @click.option("--seeds", default="0", show_default=True,
-              callback=lambda ctx, param, value: list(_parse_ints(value, "--seeds", minimum=0)),
+              callback=lambda ctx, param, value: list(_parse_ints(value, "--seeds", minimum=0, maximum=2 ** 32 - 1)),
               help="Comma-separated seeds; each gives one run per method and task.")
 @click.option("--bench-batch", default=None, callback=lambda ctx, param, value: _parse_ints(value, "--bench-batch"),
               help="Comma-separated batch sizes of the inference throughput sweep; the first gives the headline "
@@ -623,6 +633,10 @@ def _report(runs: tuple[Path, ...], out: Path | None, compare: tuple[str, ...], 
         click.echo(f"note: --paper {paper}: no runs of suite {published.suite} to compare with the paper")
     out = out or folders[0] / "report"
     _check_writable(out, "output folder", "choose another with --out")
+    if publish:
+        from .report.publish import RESULTS_ENV, results_root
+
+        _check_writable(results_root(), "the results folder", f"point ${RESULTS_ENV} at a writable folder")
     root = click.get_current_context().find_root()
     command = shlex.join([root.info_name or "run.py", *root.meta.get(_ARGV, [])])
     for suite, suite_runs in frame.groupby("suite"):

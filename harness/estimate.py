@@ -23,6 +23,7 @@ from .adapt import adapt
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import Normalize, TaskData
+from .errors import one_line
 from .measure import MeasureConfig, autocast, device_synchronizer
 from .pipeline import TEST_BATCH
 from .train import Trainer, build_optimizer
@@ -165,6 +166,9 @@ def estimate(configs: Sequence[RunConfig], tasks: dict[str, TaskData], device: t
                     raise EstimateUnavailable(f"out of memory on {device} timing {config.method} on "
                                               f"{config.backbone} (training batch {config.train.batch_size}, "
                                               f"inference batch {inference})") from None
+                except Exception as exc:  # a method that fails on a real model fails its runs too, each recorded
+                    raise EstimateUnavailable(f"{config.method} on {config.backbone} failed while being timed "
+                                              f"({one_line(exc)}); its runs will record it") from None
             seconds[config.key] = run_seconds(config, task, timings[_key(config)])
     finally:
         if device.type == "cuda":

@@ -34,7 +34,12 @@ def migrate(folders: Sequence[Path]) -> Migration:
             record = read_json(path)
             if not is_run_record(record):
                 continue  # not ours to upgrade; the report lists such files
-            if record.get("schema", 1) >= SCHEMA_VERSION:
+            schema = record.get("schema", 1)
+            if not isinstance(schema, int) or isinstance(schema, bool):
+                problems.append(f"{path}: schema {schema!r} is not a version number; the file is damaged, not "
+                                f"upgradable (delete it, or rerun its config)")
+                continue
+            if schema >= SCHEMA_VERSION:
                 current.append(path)
                 continue
             config = record["config"]

@@ -23,6 +23,7 @@ from .checkpoint import Checkpointer
 from .backbones import create_backbone
 from .config import RunConfig
 from .data import Normalize, TaskData, make_loader
+from .errors import UserError
 from .measure import (MeasureConfig, autocast, count_gmacs, count_parameters, gmacs_per_block, inference_throughput,
                       measure_until_quiet, peak_memory, silence_native_stderr)
 from .train import Trainer, backend_flags, build_optimizer, fit, selection_splits
@@ -182,7 +183,7 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
         infer_mem = peak_memory(lambda: model(probe), device, model)
     if config.measure.flops_breakdown:
         inference["gmacs_per_block"] = ",".join(f"{g:.5g}" for g in gmacs_per_block(model, task.image_size, device))
-    return {
+    measured = {
         "test_acc_best": result.test_acc_best, "test_acc_last": result.test_acc_last,
         "val_acc_best": result.val_acc_best, "test_acc_at_best_val": result.test_acc_at_best_val, **inference,
         "train_img_per_s": result.train_img_per_s, "train_seconds": result.train_seconds,
@@ -193,8 +194,20 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
         "tunable_pct": 100.0 * tunable_params / total_params,
         "added_params": added_params,
         "curve": result.curve, **adapter,
-        **getattr(model, "adaptbench_info", {}),
     }
+    facts = getattr(model, "adaptbench_info", {})
+    hidden = sorted(set(facts) & (set(measured) - METHOD_MAY_SAY | set(config.to_dict()) | RECORD_FIELDS))
+    if hidden:
+        raise UserError(f"{config.method} recorded facts named {', '.join(hidden)} (harness.record_info), which would "
+                        f"hide the run's own figures or identity in its row; fix the method plugin to name them "
+                        f"otherwise")
+    return {**measured, **facts}
+
+
+# What a method's recorded facts may say in place of the pipeline's figure: the parameters it added (small_peft adds
+# LoRA to another backbone, every parameter of which is new to the pipeline's count).
+METHOD_MAY_SAY = {"added_params"}
+RECORD_FIELDS = {"key", "status", "failure", "reason"}  # a row's identity and outcome, beside its config's fields
 
 
 def measure_inference(model: torch.nn.Module, image_size: int, device: torch.device,

@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,15 @@ def _check_free(registry: dict, kind: str, name: str, fn: Callable) -> None:
                         f"rename one of them")
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names go into file names, comma lists and A@level selectors
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ValueError(f"{kind} name {name!r} must be letters, digits, '_', '.' or '-' (it names run files and is "
+                         f"written in comma-separated lists)")
+
+
 def register_method(name: str, *, compresses: bool = False, role: str | None = None, order: int | None = None,
                     context: Sequence[str] = (), trains: str = "adapters", description: str | None = None) -> Callable:
     """Decorator: register ``fn(model, compression=None, **options) -> nn.Module`` as method ``name``.
@@ -120,8 +130,11 @@ def register_method(name: str, *, compresses: bool = False, role: str | None = N
     ``"adapters"``, the default, or ``"all"`` for full fine-tuning), so a task's recipe can give each its learning
     rate. The description shown by ``--list`` defaults to the first line of the function's docstring.
     """
+    _check_name("method", name)
     if trains not in TRAINS:
         raise ValueError(f"trains must be one of {', '.join(map(repr, TRAINS))}, not {trains!r}")
+    if isinstance(context, str):
+        raise ValueError(f"context takes a tuple of names, such as ({context!r},), not the string {context!r}")
     if role is not None and role not in ROLES:
         raise ValueError(f"method role must be one of {', '.join(map(repr, ROLES))} or None, not {role!r}")
     unknown = [item for item in context if item not in RUN_CONTEXT]
@@ -145,9 +158,18 @@ def register_task(name: str, *, suite: str, group: str | None = None, descriptio
     each group's tasks.
     """
 
+    _check_name("task", name)
+    _check_name("suite", suite)
+    selectors = (suite,) if group is None else (suite, f"{suite}-{group}")
+
     def decorate(fn: Callable) -> Callable:
         _check_free(_TASKS, "task", name, fn)
-        selectors = (suite,) if group is None else (suite, f"{suite}-{group}")
+        groups = {selector for spec in _TASKS.values() if spec.name != name for selector in spec.selectors}
+        clash = ([name] if name in groups else []) + [s for s in selectors if s in _TASKS and s != name]
+        if clash:
+            raise ValueError(f"task '{name}' (suite {suite!r}) and the tasks registered before it would share the "
+                             f"name {clash[0]!r} for a task and a task group, and --tasks {clash[0]} would pick one "
+                             f"silently; rename the task or its suite")
         _TASKS[name] = TaskSpec(name, fn, description or _first_doc_line(fn), suite, group, _defined_in(fn),
                                 selectors=selectors)
         return fn

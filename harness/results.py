@@ -86,10 +86,15 @@ def flatten(record: dict) -> dict:
     row.update(task_info)
     row.update({"key": record["key"], "status": record["status"], "failure": record.get("failure"),
                 "reason": record.get("reason")})
-    row.update({key: value for key, value in record.get("metrics", {}).items()
-                if not isinstance(value, (list, dict))})  # curves stay in the JSON file
+    row.update({key: _cell(value) for key, value in record.get("metrics", {}).items()
+                if not _is_curve(value)})  # curves stay in the JSON file
     row.update({f"env_{key}": value for key, value in record.get("environment", {}).items()})
     return row
+
+
+def _is_curve(value: object) -> bool:
+    """A list of per-epoch entries (mappings): the JSON file keeps it, the flat row cannot."""
+    return isinstance(value, list) and any(isinstance(entry, dict) for entry in value)
 
 
 def _cell(value: object) -> object:

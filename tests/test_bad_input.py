@@ -115,3 +115,114 @@ def test_the_compression_hint_is_a_list_the_command_line_takes(plugin_file, comp
     accepted = CliRunner().invoke(main, [*tiny, "--compression", hint.group(1)])
     assert accepted.exit_code == 0, accepted.output
     assert f"[1/1] tome@{hint.group(1)} / tiny_bright" in accepted.output  # one level, the whole list
+
+
+def test_a_method_that_fails_on_a_real_model_leaves_the_plan_unestimated_and_fails_its_runs(plugin_file, tmp_path,
+                                                                                          own_registry):
+    flaky = _plugin(tmp_path, '''
+        @harness.register_method("real_boom")
+        def real_boom(model, compression=None):
+            """Fine on the plan's meta-device model, broken on a real one."""
+            if not next(model.parameters()).is_meta:
+                raise RuntimeError("real boom")
+            return model
+    ''')
+    result = CliRunner().invoke(main, ["--plugins", f"{plugin_file},{flaky}", "--methods", "real_boom,bitfit",
+                                       "--tasks", "tiny", "--epochs", "1", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "not estimated (real_boom on vit_micro_small_patch4_32 failed while being timed (RuntimeError: real " \
+           "boom); its runs will record it)" in result.output
+    assert "1 ok, 1 failed" in result.output
+
+
+@pytest.mark.parametrize("body, problem", [
+    ("raise KeyError('no such split')", "raised KeyError: 'no such split' while loading its data"),
+    ("return None", "returned NoneType, not a harness.TaskData"),
+])
+def test_a_task_plugin_that_breaks_fails_its_runs_in_one_line(plugin_file, tmp_path, own_registry, body, problem):
+    broken = _plugin(tmp_path, f'''
+        @harness.register_task("broken_task", suite="tiny")
+        def broken_task(data_root=None):
+            """A task plugin with a bug."""
+            {body}
+    ''')
+    result = CliRunner().invoke(main, ["--plugins", f"{plugin_file},{broken}", "--methods", "bitfit", "--tasks",
+                                       "broken_task,tiny_bright", "--epochs", "1", "--no-estimate",
+                                       "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"broken_task: cannot run, its runs are recorded as failed: task 'broken_task' {problem}; fix the task " \
+           f"plugin ({broken})" in result.output
+    assert "1 ok, 1 failed" in result.output
+
+
+def test_facts_that_would_hide_a_measured_figure_fail_the_run_in_one_line(plugin_file, tmp_path, own_registry):
+    liar = _plugin(tmp_path, '''
+        @harness.register_method("liar")
+        def liar(model, compression=None):
+            """Records facts named like the run's own figures; and a list, which the row joins."""
+            harness.record_info(model, test_acc_best=100.0, method="other", kept=[1, 2, 3])
+            return model
+    ''')
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["--plugins", f"{plugin_file},{liar}", "--methods", "liar", "--tasks", "tiny",
+                                       "--epochs", "1", "--no-estimate", "--out", str(out)])
+    assert result.exit_code == 1 and "liar recorded facts named method, test_acc_best (harness.record_info), which " \
+                                     "would hide the run's own figures or identity in its row" in result.output
+
+
+def test_lists_recorded_as_facts_reach_the_flat_row_joined():
+    from harness.results import flatten
+
+    row = flatten(run_record("lora", "count", 0, kept=[1, 2, 3], curve=[{"epoch": 1, "test_acc": 50.0}]))
+    assert row["kept"] == "1,2,3" and "curve" not in row
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "Invalid value for --lr: nan is not a finite number"),
+    (["--seeds", "99999999999999999999"], "Invalid value for --seeds: give one or more integers from 0 to 4294967295"),
+])
+def test_values_the_runs_would_refuse_are_refused_before_any_run(plugin_file, args, message):
+    result = CliRunner().invoke(main, ["--plugins", str(plugin_file), "--tasks", "tiny", "--dry-run", "--no-estimate",
+                                       *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_a_name_given_twice_runs_once(plugin_file):
+    result = CliRunner().invoke(main, ["--plugins", str(plugin_file), "--methods", "bitfit,bitfit", "--seeds", "0,0",
+                                       "--tasks", "tiny", "--dry-run", "--no-estimate"])
+    assert result.exit_code == 0 and result.output.count("[1/1] bitfit / tiny_bright") == 1, result.output
+
+
+@pytest.mark.parametrize("registration, message", [
+    ('register_method("sub/dir")', "method name 'sub/dir' must be letters, digits"),
+    ('register_method("ctx", context=("measure"))', "context takes a tuple of names, such as ('measure',), not the "
+                                                    "string 'measure'"),
+    ('register_task("offline", suite="mine")', "would share the name 'offline' for a task and a task group"),
+    ('register_task("mine", suite="count")', "would share the name 'count' for a task and a task group"),
+])
+def test_a_registration_that_would_misfile_or_shadow_is_refused(tmp_path, own_registry, registration, message):
+    bad = _plugin(tmp_path, f'''
+        @harness.{registration}
+        def whatever(*args, **kwargs):
+            """A registration mistake."""
+    ''')
+    assert message in refused("--plugins", str(bad), "--methods", "lora", "--tasks", "count", "--dry-run",
+                              "--no-estimate")
+
+
+def test_migrate_names_a_file_whose_schema_is_no_version_number(tmp_path):
+    record = run_record("lora", "count", 0)
+    record["schema"] = "1"
+    runs = write_runs(tmp_path / "runs", [record])
+    result = CliRunner().invoke(main, ["migrate", str(runs)])
+    assert "Traceback" not in result.output and "schema '1' is not a version number" in result.output, result.output
+
+
+def test_publishing_into_a_folder_that_cannot_be_written_is_refused_before_the_report(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("ADAPTBENCH_RESULTS", str(blocker / "results"))
+    runs = write_runs(tmp_path / "runs", [run_record("lora", "count", seed) for seed in (0, 1)])
+    line = refused("report", str(runs), "--publish", "--out", str(tmp_path / "report"))
+    assert line == (f"the results folder {blocker / 'results'} is not writable (Not a directory); point "
+                    f"$ADAPTBENCH_RESULTS at a writable folder")

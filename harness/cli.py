@@ -261,7 +261,8 @@ MATCH_TOLERANCE = 0.10
               help="Save each run's training state every N epochs (0: never); a run started again goes on from its "
                    "last checkpoint and ends as an uninterrupted one would.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds a run may take; a run that takes longer is recorded as failed and the sweep goes on.")
+              help="Seconds a run may take, checked at every training step and once after its measurement; a run "
+                   "that takes longer is recorded as failed and the sweep goes on.")
 @click.option("--rerun-failed", is_flag=True,
               help="Run again the runs that failed (by default a sweep run again skips them, except those cut "
                    "short: died, interrupted, or whose data could not be read).")

@@ -181,6 +181,8 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     probe = torch.randn(inference["infer_batch"], 3, task.image_size, task.image_size, device=device)
     with torch.inference_mode(), autocast(device, config.measure.precision):
         infer_mem = peak_memory(lambda: model(probe), device, model)
+    if tick is not None:  # the measurement is not cut short, but a run past its deadline is one
+        tick()
     if config.measure.flops_breakdown:
         inference["gmacs_per_block"] = ",".join(f"{g:.5g}" for g in gmacs_per_block(model, task.image_size, device))
     measured = {

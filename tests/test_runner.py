@@ -107,3 +107,20 @@ def test_environment_sets_nothing(monkeypatch, fresh_allocator_setting):
     monkeypatch.setattr(harness.measure, "_mallopt", lambda parameter, value: calls.append(parameter) or True)
     environment(torch.device("cpu"), "recorded elsewhere")
     assert calls == []
+
+
+def test_the_deadline_is_checked_once_more_after_the_measurement(monkeypatch, loaded_plugin):
+    from harness import pipeline
+
+    events = []
+    measure = pipeline.measure_inference
+    monkeypatch.setattr(pipeline, "measure_inference",
+                        lambda *args, **kwargs: events.append("measured") or measure(*args, **kwargs))
+    from harness.plan import load_tasks, plan_runs
+
+    tasks = load_tasks(["tiny_bright"], None)
+    (planned,) = plan_runs(["lora"], tasks, seeds=[0], compressions=None, backbone="vit_micro_small_patch4_32",
+                           pretrained=False, device=torch.device("cpu"), train_overrides={"epochs": 1})
+    pipeline.train_and_measure(planned, tasks["tiny_bright"], torch.device("cpu"), lambda line: None,
+                               tick=lambda: events.append("tick"))
+    assert "measured" in events and events[-1] == "tick"  # a run past its deadline while measuring is one

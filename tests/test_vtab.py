@@ -277,31 +277,44 @@ def test_sixteen_bit_greys_keep_their_high_byte_and_float_pixels_are_refused(tmp
         decode(_listed(tmp_path, "float.tiff"), 16)
 
 
-def test_a_full_cache_disk_is_one_line_naming_the_cache_and_the_fix(vtab_root, monkeypatch, tmp_path):
-    import errno
+def _where_reserving_space_fails_with(code: int, monkeypatch, cache: Path, root: Path):
+    """The eurosat task, with the decode cache in ``cache`` on a filesystem whose block reservation fails so."""
     import os
 
-    def full(descriptor, offset, length):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(os, "posix_fallocate", full)
-    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
+    def failing(descriptor, offset, length):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(cache))
+    monkeypatch.setattr(os, "posix_fallocate", failing)
+    return load_tasks(["eurosat"], root)["eurosat"]
+
+
+def test_a_full_cache_disk_is_one_line_naming_the_cache_and_the_fix(vtab_root, monkeypatch, tmp_path):
+    import errno
+
+    task = _where_reserving_space_fails_with(errno.ENOSPC, monkeypatch, tmp_path, vtab_root)
     with pytest.raises(BadData, match=rf"^no space left in {tmp_path}/decoded for {vtab_root}/eurosat\w*/\w+\.txt's "
                                       r"decoded images \(0\.0 MB at 8 px\); free space there or point \$ADAPTBENCH"):
         task.at_size(8)
     assert list((tmp_path / "decoded").iterdir()) == []  # its temporary went with it
 
 
+def _decoded_then_removed(monkeypatch, cache: Path, root: Path):
+    """The eurosat task decoded once into ``cache`` and its decoded files deleted again, and their paths: the next
+    decode writes them anew."""
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(cache))
+    task = load_tasks(["eurosat"], root)["eurosat"]
+    task.at_size(8)
+    finals = sorted((cache / "decoded").glob("*.npy"))
+    for final in finals:
+        final.unlink()
+    return task, finals
+
+
 def test_a_killed_decodes_temporary_is_removed_and_a_live_ones_kept(vtab_root, monkeypatch, tmp_path):
     import fcntl
     import os
 
-    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
-    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
-    task.at_size(8)
-    finals = sorted((tmp_path / "decoded").glob("*.npy"))
-    for final in finals:
-        final.unlink()
+    task, finals = _decoded_then_removed(monkeypatch, tmp_path, vtab_root)
     killed, live = (tmp_path / "decoded" / f".{finals[0].name}.{tag}.tmp" for tag in ("killed", "live"))
     for temporary in (killed, live):
         temporary.write_bytes(b"\0" * 4096)
@@ -330,13 +343,8 @@ def test_the_run_names_the_lists_it_reads_not_every_list_in_the_folder(selection
 
 def test_a_filesystem_that_cannot_reserve_space_still_gets_its_cache(vtab_root, monkeypatch, tmp_path):
     import errno
-    import os
 
-    def unsupported(descriptor, offset, length):
-        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
-    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(os, "posix_fallocate", unsupported)
-    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
+    task = _where_reserving_space_fails_with(errno.EOPNOTSUPP, monkeypatch, tmp_path, vtab_root)
     assert np.array_equal(task.at_size(8).test.images.numpy(), decode(task.test, 8))
 
 
@@ -347,12 +355,7 @@ def test_a_decode_holds_its_temporarys_lock_and_a_fresh_unlocked_temporary_is_le
 
     from harness import data
 
-    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path))
-    task = load_tasks(["eurosat"], vtab_root)["eurosat"]
-    task.at_size(8)
-    finals = sorted((tmp_path / "decoded").glob("*.npy"))
-    for final in finals:
-        final.unlink()
+    task, finals = _decoded_then_removed(monkeypatch, tmp_path, vtab_root)
     fresh = tmp_path / "decoded" / f".{finals[0].name}.fresh.tmp"
     fresh.write_bytes(b"\0" * 4096)  # just created by a decode that has not locked it yet
     decode_into, locked = data.decode_into, []

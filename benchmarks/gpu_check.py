@@ -167,8 +167,8 @@ class Budgets:
     the others ~9 s, the bf16 cells ~8 s: ~130 s for the 14 cells. Inference: 10 (variant, precision) cells x 3
     rounds x (>= 0.3 s warm-up + >= 1.5 s timed) ~ 60 s. Repeatability: 5 x (1 s + 3 s) = 20 s. Agreement and
     the forward breakdown ~10 s. Start-up, 3,000 generated JPEGs and their decoding ~20-30 s. Compiled inference:
-    two compilations (~20-30 s each on 16 cores) and 2 x 3 measurements ~ 60-70 s. In all ~5-6 minutes; the deadline (420 s) stops new measurements
-    inside 8 minutes should the device be slower.
+    two compilations (~20-30 s each on 16 cores) and 2 x 3 measurements ~ 60-70 s. In all ~5-6 minutes; the
+    deadline (420 s) stops new measurements inside 8 minutes should the device be slower.
     """
 
     train_warmup_steps: int = 3
@@ -710,10 +710,14 @@ def forward_breakdown(model: torch.nn.Module, image_size: int, batch: int, preci
             with silence_native_stderr(), torch.profiler.profile(activities=activities) as profiled:
                 model(images)
                 synchronize()
-        dtype = DTYPES[precision] or torch.float32
-        stored = copy.deepcopy(model).to(dtype)
-        _, stored_forward_ms = forward_times(stored, images.to(dtype), synchronize, forwards)
-        del stored
+        dtype, stored_forward_ms, stored_error = DTYPES[precision] or torch.float32, None, None
+        try:  # a kernel missing for the stored dtype must not cost the autocast figures above
+            stored = copy.deepcopy(model).to(dtype)
+            _, stored_forward_ms = forward_times(stored, images.to(dtype), synchronize, forwards)
+        except RuntimeError as exc:
+            stored_error = " ".join(str(exc).split())[:200]
+        stored = None
+        free_device_memory()
     ops = {}
     for event in profiled.key_averages():
         self_us = event.self_device_time_total if on_cuda else event.self_cpu_time_total
@@ -726,7 +730,7 @@ def forward_breakdown(model: torch.nn.Module, image_size: int, batch: int, preci
                   if event.device_type == torch.autograd.DeviceType.CUDA) if on_cuda else None
     top = sorted(ops.items(), key=lambda item: -item[1]["ms"])[:BREAKDOWN_TOP_OPS]
     return {"forward_ms": forward_ms, "host_ms": host_ms, "host_share": host_ms / forward_ms, "kernels": kernels,
-            "stored_forward_ms": stored_forward_ms,
+            "stored_forward_ms": stored_forward_ms, "stored_error": stored_error,
             "profiled_ms": sum(figures["ms"] for figures in ops.values()), "families": families,
             "top_ops": [{"op": op, **figures} for op, figures in top], "time_on": "device" if on_cuda else "host"}
 
@@ -1058,7 +1062,7 @@ def _breakdown_tables(breakdown: dict) -> list[str]:
     full = next((row for row in rows if row["variant"] == "full"), None)
 
     def speedup(row: dict, key: str) -> str:
-        return _f(full[key] / row[key], ".2f", "x") if full and row.get(key) else "-"
+        return _f(full[key] / row[key], ".2f", "x") if full and full.get(key) and row.get(key) else "-"
     lines = [f"{precision}, batch {breakdown['batch']}, deployed (LoRA merged), eval mode, under autocast as "
              f"`inference_throughput` runs it. Forward: median of {breakdown['forwards']}, each waited for (a check "
              f"of where time goes, not the protocol's figure); host: the time to issue it. A host share near 100 % "
@@ -1077,6 +1081,9 @@ def _breakdown_tables(breakdown: dict) -> list[str]:
                           speedup(row, "stored_forward_ms")] for row in rows],
                         ["variant", "forward ms", "speed-up", "host ms", "host share", "device busy", "kernels",
                          f"weights in {precision}: forward ms", "speed-up"]))
+    failed = [f"- {row['variant']} stored in {precision} did not run: {row['stored_error']}"
+              for row in rows if row.get("stored_error")]
+    lines += ["", *failed] if failed else []
     lines += ["", f"One profiled forward (autocast): each aten op's self time on the {on} (ms), by family.", ""]
     lines.append(_table([[row["variant"], _f(row["profiled_ms"], ".2f"),
                           *(_f(row["families"].get(family, 0.0), ".2f") for family in families)] for row in rows],

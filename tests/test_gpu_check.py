@@ -133,6 +133,10 @@ def test_breakdown_reads_device_busy_and_speed_ups_from_its_rows_and_says_when_t
     assert re.search(r"\| full +\| 12\.00 +\| 12\.00 +\|", text)  # the family table: all, then matmul
     assert "saw no device time in some forward" in text
     assert re.search(r"\| full +\| aten::addmm +\| 49 +\| 12\.000 +\| 100\.0 % +\|", text)
+    rows[1].update(stored_forward_ms=None, stored_error="scatter_reduce not implemented for 'BFloat16'")
+    text = "\n".join(gpu_check._breakdown_tables({"precision": "bf16", "batch": 256, "forwards": 5, "rows": rows}))
+    assert re.search(r"\| tome-high +\| 8\.00 +\| 2\.00x +\| 7\.60 +\| 95 % +\| 0 % +\| 400 +\| - +\| - +\|", text)
+    assert "\n\n- tome-high stored in bf16 did not run: scatter_reduce not implemented for 'BFloat16'\n" in text
 
 
 def test_vtab_test_sizes_name_every_vtab_task() -> None:
@@ -280,3 +284,19 @@ def test_compiled_inference_is_skipped_without_its_reserve_before_the_deadline(t
                                          torch.device("cpu"))
     assert "compiled_inference" not in check.results
     assert len(check.results["skipped"]) == 1 and check.results["skipped"][0].startswith("compiled inference")
+
+
+def test_a_model_that_cannot_run_stored_in_bf16_keeps_its_autocast_breakdown() -> None:
+    class Picky(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(3 * 4 * 4, 5)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            if self.linear.weight.dtype == torch.bfloat16:
+                raise RuntimeError("no bf16 kernel for this op")
+            return self.linear(images.flatten(1))
+
+    result = gpu_check.forward_breakdown(Picky().eval(), 4, 2, "bf16", torch.device("cpu"), forwards=2)
+    assert result["forward_ms"] > 0 and result["profiled_ms"] > 0
+    assert result["stored_forward_ms"] is None and result["stored_error"] == "no bf16 kernel for this op"

@@ -57,18 +57,19 @@ def load_tasks(names: Sequence[str], data_root: Path | None, check_images: bool 
     """
     tasks = {}
     for name in names:
+        spec = registry.get_task(name)
         try:
-            task = registry.get_task(name).fn(data_root)
+            task = spec.fn(data_root)
         except BadOption:
             raise
         except UserError as exc:
             task = TaskData.unavailable(str(exc))
         except Exception as exc:  # a task plugin's bug: its runs fail with it, the other tasks go on
             task = TaskData.unavailable(f"task '{name}' raised {one_line(exc)} while loading its data; fix the task "
-                                        f"plugin ({registry.get_task(name).source})")
+                                        f"plugin ({spec.source})")
         if not isinstance(task, TaskData):
             task = TaskData.unavailable(f"task '{name}' returned {type(task).__name__}, not a harness.TaskData; fix "
-                                        f"the task plugin ({registry.get_task(name).source})")
+                                        f"the task plugin ({spec.source})")
         if task.problem is None:
             task.problem = check_task(task, check_images, selection)
         if not task.identity:

@@ -46,7 +46,6 @@ from .store import (REPLACES, RETRIED, SCHEMA_VERSION, STATUS_FAILED, STATUS_OK,
 Executor = Callable[[RunConfig], "dict | None"]
 WAIT_SECONDS = 2.0  # how often a sweep looks again at runs another process is running
 KEEPS_CHECKPOINT = ("timeout", "interrupted")  # failures a rerun resumes from the checkpoint
-NEW_ADAPTER_SUFFIX = ".new"  # a forced rerun's adapter until the run is ok and it replaces the finished one
 EXIT_CLAIMED = 3  # a worker's exit code: another live process had claimed its config
 
 
@@ -146,8 +145,8 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
     record = {**new_record(config, task), "environment": environment(device, steady_host_allocator()),
               "executor": executor}
     adapter = store.adapter_path(config)
-    trained_adapter = adapter.with_name(adapter.name + NEW_ADAPTER_SUFFIX) if finished else adapter
-    adapter.with_name(adapter.name + NEW_ADAPTER_SUFFIX).unlink(missing_ok=True)  # a killed forced rerun's
+    trained_adapter = store.new_adapter_path(config) if finished else adapter
+    store.new_adapter_path(config).unlink(missing_ok=True)  # a killed forced rerun's
     if finished is None:
         adapter.unlink(missing_ok=True)
     if task.problem is not None:  # bad data: recorded as failed without starting, so the other tasks go on
@@ -315,10 +314,9 @@ def write_failure(config: RunConfig, task: TaskData, store: RunStore, failure: s
     finished = finished_of(record) or finished_of(read_json(store.path(config)))
     record = {**(record or new_record(config, task)), "status": STATUS_FAILED, "failure": failure, "reason": reason}
     record.pop(REPLACES, None)
-    adapter = store.adapter_path(config)
-    adapter.with_name(adapter.name + NEW_ADAPTER_SUFFIX).unlink(missing_ok=True)
+    store.new_adapter_path(config).unlink(missing_ok=True)
     if finished is None:
-        adapter.unlink(missing_ok=True)  # a failed run leaves no adapter
+        store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
     store.write(config, record if finished is None else with_forced_rerun(finished, record))
     return record
 

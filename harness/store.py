@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 RESULTS_CSV = "results.csv"
 ADAPTER_SUFFIX = ".adapter.safetensors"  # a run's trained adapter, beside its record (harness.adapters)
+NEW_ADAPTER_SUFFIX = ".new"  # a forced rerun's adapter until the run is ok and it replaces the finished one
 LOG_FOLDER = "logs"  # what a worker process printed, one file per run (harness.runner's local executor)
 STATUS_RUNNING, STATUS_OK, STATUS_FAILED = "running", "ok", "failed"
 # What a failed record's ``failure`` says went wrong. Rerunning a sweep reruns the kinds in RETRIED (the run was
@@ -168,6 +169,10 @@ class RunStore:
     def adapter_path(self, config: RunConfig) -> Path:
         """Where the run's trainable parameters go: beside its record, and no ``*.json`` (not a run file)."""
         return self.folder / f"{config.file_stem}{ADAPTER_SUFFIX}"
+
+    def new_adapter_path(self, config: RunConfig) -> Path:
+        """Where a forced rerun saves its adapter until the run is ok and it replaces the finished run's."""
+        return self.folder / f"{config.file_stem}{ADAPTER_SUFFIX}{NEW_ADAPTER_SUFFIX}"
 
     def checkpoint_path(self, config: RunConfig) -> Path:
         from .checkpoint import CHECKPOINT_SUFFIX

@@ -243,7 +243,8 @@ MATCH_TOLERANCE = 0.10
 @click.option("--isolate", is_flag=True, help="Same as --executor local --jobs 1: each run in a fresh process.")
 @click.option("--slurm-partition", default=None, help="--executor slurm: the partition.")
 @click.option("--slurm-time", default="4:00:00", show_default=True,
-              help="--executor slurm: each run's time limit, MINUTES or H:MM[:SS]; at the limit the job is requeued "
+              help="--executor slurm: each run's time limit in sbatch's --time formats (M, M:S, H:M:S, D-H, D-H:M, "
+                   "D-H:M:S: 90:00 is 90 minutes, as in sbatch); at the limit the job is requeued "
                    "and goes on from its last checkpoint (--checkpoint-every).")
 @click.option("--slurm-gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True,
               help="--executor slurm: GPUs per run.")

@@ -149,6 +149,7 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     backbone_ids = {id(p) for p in model.parameters()}
     context = run_context(config, train_loader, normalize)
     model = adapt(model.to(device), config.method, config.compression, **context).to(device)
+    method_facts(model, config)
     total_params, tunable_params = count_parameters(model)
     added_params = sum(p.numel() for p in model.parameters() if id(p) not in backbone_ids)
     trainer = Trainer(model, build_optimizer(model, config.train), normalize, config.train.label_smoothing,
@@ -197,13 +198,20 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
         "added_params": added_params,
         "curve": result.curve, **adapter,
     }
+    return {**measured, **method_facts(model, config, measured)}
+
+
+def method_facts(model: torch.nn.Module, config: RunConfig, figures: Iterable[str] = ()) -> dict:
+    """What the method recorded on ``model`` (:func:`harness.record_info`), refused where a fact's name would hide
+    the run's identity (a config field, :data:`RECORD_FIELDS`) or one of its ``figures`` in its row. Asked right
+    after adapting, where identity clashes end the run before it trains, and again with the figures at the end."""
     facts = getattr(model, "adaptbench_info", {})
-    hidden = sorted(set(facts) & (set(measured) - METHOD_MAY_SAY | set(config.to_dict()) | RECORD_FIELDS))
+    hidden = sorted(set(facts) & (set(figures) - METHOD_MAY_SAY | set(config.to_dict()) | RECORD_FIELDS))
     if hidden:
         raise UserError(f"{config.method} recorded facts named {', '.join(hidden)} (harness.record_info), which would "
                         f"hide the run's own figures or identity in its row; fix the method plugin to name them "
                         f"otherwise")
-    return {**measured, **facts}
+    return facts
 
 
 # What a method's recorded facts may say in place of the pipeline's figure: the parameters it added (small_peft adds

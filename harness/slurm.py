@@ -32,15 +32,33 @@ UNKNOWN = "UNKNOWN"  # submitit's state of a job Slurm's accounting did not answ
 CLUSTERS = ("slurm", "local", "debug")
 
 
+# sbatch's --time: the clock's fields by their count, after a day count (D-H, D-H:M, D-H:M:S) or without (M, M:S,
+# H:M:S). The leading field of a clock without days is unbounded (90:00 is 90 minutes); every other field is bounded.
+CLOCK_UNITS = {False: {1: ("minutes",), 2: ("minutes", "seconds"), 3: ("hours", "minutes", "seconds")},
+               True: {1: ("hours",), 2: ("hours", "minutes"), 3: ("hours", "minutes", "seconds")}}
+UNIT_SECONDS = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+UNIT_LIMITS = {"hours": 24, "minutes": 60, "seconds": 60}
+
+
 def parse_time(text: str) -> int:
-    """Minutes from ``MINUTES``, ``H:MM`` or ``H:MM:SS`` (what ``--slurm-time`` takes)."""
-    match = re.fullmatch(r"(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?", text.strip())
+    """Whole minutes (seconds rounded up) of a time limit in sbatch's ``--time`` formats, read as Slurm reads them:
+    ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M`` or ``D-H:M:S``."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+(?::\d+){0,2})", text.strip())
     if match is None:
-        raise UserError(f"--slurm-time '{text}' is not MINUTES, H:MM or H:MM:SS (e.g. 90 or 4:00:00)")
-    first, second, third = match.groups()
-    if second is None:
-        return int(first)
-    return int(first) * 60 + int(second) + (1 if third and int(third) else 0)
+        raise UserError(f"--slurm-time '{text}' is not one of sbatch's time formats M, M:S, H:M:S, D-H, D-H:M or "
+                        f"D-H:M:S (e.g. 90 or 4:00:00)")
+    days, clock = match.groups()
+    values = [int(value) for value in clock.split(":")]
+    units = CLOCK_UNITS[days is not None][len(values)]
+    bounded = units if days is not None else units[1:]
+    wrong = [f"{value} {unit}" for unit, value in zip(units, values) if unit in bounded and value >= UNIT_LIMITS[unit]]
+    if wrong:
+        raise UserError(f"--slurm-time '{text}': {', '.join(wrong)} out of range (hours 0-23 after days, minutes and "
+                        f"seconds 0-59 after a larger unit)")
+    seconds = int(days or 0) * UNIT_SECONDS["days"] + sum(value * UNIT_SECONDS[unit] for unit, value in zip(units, values))
+    if seconds == 0:
+        raise UserError(f"--slurm-time '{text}' is no time at all; give each run a limit (e.g. 90 or 4:00:00)")
+    return -(-seconds // 60)
 
 
 def parse_options(values: Sequence[str]) -> dict[str, str]:

@@ -90,6 +90,8 @@ def report_runs(tmp_path) -> Path:
                                    "(methods there: lora, tome)"),
     (["--compare", "tome@nosuch,lora"], "--compare tome@nosuch,lora: no finished runs of method 'tome' at "
                                         "compression 'nosuch' in {runs} (its levels there: low, high)"),
+    (["--compare", "tome@high,tome@high"], "--compare tome@high,tome@high: compares tome@high with itself; name two "
+                                           "methods, or two levels of one (tome@low,tome@high)"),
     (["--baseline", "{not_a_board}"], "the --baseline file {not_a_board} is not a leaderboard CSV: it has no "
                                       "device_name, backbone, method, compression column; pass a leaderboard.csv "
                                       "written by `run.py report`"),
@@ -155,19 +157,37 @@ def test_a_task_plugin_that_breaks_fails_its_runs_in_one_line(plugin_file, tmp_p
     assert "1 ok, 1 failed" in result.output
 
 
-def test_facts_that_would_hide_a_measured_figure_fail_the_run_in_one_line(plugin_file, tmp_path, own_registry):
-    liar = _plugin(tmp_path, '''
+def _liar(tmp_path: Path, facts: str) -> Path:
+    return _plugin(tmp_path, f'''
         @harness.register_method("liar")
         def liar(model, compression=None):
-            """Records facts named like the run's own figures; and a list, which the row joins."""
-            harness.record_info(model, test_acc_best=100.0, method="other", kept=[1, 2, 3])
+            """Records facts named like the run's own figures or identity; and a list, which the row joins."""
+            harness.record_info(model, {facts}, kept=[1, 2, 3])
             return model
     ''')
-    out = tmp_path / "runs"
+
+
+def test_facts_that_would_hide_a_measured_figure_fail_the_run_in_one_line(plugin_file, tmp_path, own_registry):
+    liar = _liar(tmp_path, "test_acc_best=100.0, gmacs=0.1")
     result = CliRunner().invoke(main, ["--plugins", f"{plugin_file},{liar}", "--methods", "liar", "--tasks", "tiny",
-                                       "--epochs", "1", "--no-estimate", "--out", str(out)])
-    assert result.exit_code == 1 and "liar recorded facts named method, test_acc_best (harness.record_info), which " \
+                                       "--epochs", "1", "--no-estimate", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "liar recorded facts named gmacs, test_acc_best (harness.record_info), which " \
                                      "would hide the run's own figures or identity in its row" in result.output
+
+
+def test_facts_that_would_hide_a_runs_identity_fail_it_before_it_trains(plugin_file, tmp_path, own_registry,
+                                                                        monkeypatch):
+    from harness import pipeline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a run whose recorded facts already hid its identity")
+
+    monkeypatch.setattr(pipeline, "fit", no_training)
+    liar = _liar(tmp_path, "seed=7, method='other'")
+    result = CliRunner().invoke(main, ["--plugins", f"{plugin_file},{liar}", "--methods", "liar", "--tasks", "tiny",
+                                       "--epochs", "1", "--no-estimate", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "liar recorded facts named method, seed (harness.record_info)" in result.output, \
+        result.output
 
 
 def test_lists_recorded_as_facts_reach_the_flat_row_joined():

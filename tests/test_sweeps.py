@@ -362,6 +362,22 @@ def test_the_slurm_dry_run_shows_submitits_array_script(plugin_file, tmp_path):
         assert "device=cuda" in result.output and "device=cpu" not in result.output
 
 
+@pytest.mark.parametrize("limit, minutes", [("90", 90), ("90:00", 90), ("90:30", 91), ("4:00:00", 240),
+                                            ("1-0", 1440), ("1-2:30", 1590), ("1-2:30:01", 1591), ("0:30", 1)])
+def test_slurm_time_reads_as_sbatch_reads_it(limit, minutes):
+    from harness.slurm import parse_time
+
+    assert parse_time(limit) == minutes
+
+
+@pytest.mark.parametrize("limit, problem", [("1:99", "99 seconds out of range"), ("2:60:00", "60 minutes out of range"),
+                                            ("1-24", "24 hours out of range"), ("0:00", "no time at all"),
+                                            ("1-2-3", "not one of sbatch's time formats")])
+def test_a_slurm_time_sbatch_would_read_otherwise_is_one_line(plugin_file, tmp_path, limit, problem):
+    result = run_cli(*sweep_args(plugin_file, tmp_path, "--dry-run", "--executor", "slurm", "--slurm-time", limit))
+    assert result.exit_code != 0 and problem in result.output and "Traceback" not in result.output
+
+
 # --- progress and status ----------------------------------------------------------------------------------------
 
 

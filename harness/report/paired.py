@@ -137,7 +137,11 @@ def parse_compare(text: str) -> tuple[Selector, Selector]:
     parts = [part for part in text.split(",") if part.strip()]
     if len(parts) != 2:
         raise UserError(f"--compare takes two methods separated by a comma (A,B), not '{text}'")
-    return Selector.parse(parts[0]), Selector.parse(parts[1])
+    first, second = Selector.parse(parts[0]), Selector.parse(parts[1])
+    if first == second:  # every difference would be zero by construction, its test a certain "no difference"
+        raise UserError(f"--compare {text}: compares {first} with itself; name two methods, or two levels of one "
+                        f"(tome@low,tome@high)")
+    return first, second
 
 
 def check_compare(runs: pd.DataFrame, comparisons: Sequence[tuple[Selector, Selector]], where: str) -> None:

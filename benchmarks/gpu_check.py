@@ -23,7 +23,8 @@ and budgets, to test the script on a CPU):
   beside the GMACs ratio (``count_gmacs``);
 - compiled inference (not with ``--tiny``): full and tome at high under ``torch.compile`` in bf16, measured as
   above, and their speed-up beside the eager one (not the protocol's figure: whether fusing the merge's small
-  kernels is what the speed-up target lacks); skipped with under two minutes left before the deadline;
+  kernels is what the speed-up target lacks); skipped with under two minutes left before the deadline, or
+  without what compiling needs (triton, a C compiler, Python's headers), the reason recorded;
 - repeatability: five measurements of full ViT-B in fp32 at batch 256, their spread (max - min) / mean and
   coefficient of variation;
 - agreement: each inference model's fp32 logits on the device against the same weights on the CPU (16 random
@@ -53,14 +54,17 @@ import dataclasses
 import datetime
 import gc
 import importlib.metadata
+import importlib.util
 import inspect
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
@@ -414,6 +418,8 @@ def train_cell(model: torch.nn.Module, precision: str, data: Data, budgets: Budg
     mean, std = data.normalize.mean, data.normalize.std
 
     def bare_step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        # A no-op for a split held on the device; a streamed split's batches come from pinned host memory.
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model((images.float() - mean) / std)
         loss = F.cross_entropy(logits.float(), labels)
@@ -587,10 +593,32 @@ def section_inference(check: Check, scale: Scale, models: dict, budgets: Budgets
     check.save()
 
 
+def compile_toolchain_problem(device: torch.device) -> str | None:
+    """What ``torch.compile``'s default backend needs on ``device`` to build its kernels and does not find, or
+    None: on CUDA triton, and a C compiler with Python's headers for triton's launcher; on a CPU a C++ compiler
+    with them. Found before compiling, it costs no trace and says why the section did not run."""
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+        language, variable, compilers = "C", "CC", ("gcc", "clang", "cc")
+    else:
+        language, variable, compilers = "C++", "CXX", ("g++", "clang++", "c++")
+    if not (os.environ.get(variable) or any(shutil.which(name) for name in compilers)):
+        return f"no {language} compiler ({', '.join(compilers)} or ${variable})"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        return f"Python's headers (Python.h) are not in {sysconfig.get_paths()['include']}"
+    return None
+
+
 def section_compiled_inference(check: Check, scale: Scale, models: dict, budgets: Budgets,
                                device: torch.device) -> None:
     """:data:`COMPILED_VARIANTS` under ``torch.compile`` (compiled once each, in their first warm-up), in
     :data:`COMPILED_PRECISION`, as :func:`section_inference` measures the eager ones."""
+    missing = compile_toolchain_problem(device)
+    if missing is not None:
+        check.results["skipped"].append(f"compiled inference ({missing})")
+        check.log(f"skipped compiled inference: {missing}")
+        return
     left = check.deadline_s - check.elapsed()
     if left < COMPILED_RESERVE_S:
         check.results["skipped"].append(f"compiled inference ({left:.0f} s left before the deadline, under the "
@@ -726,8 +754,9 @@ def forward_breakdown(model: torch.nn.Module, image_size: int, batch: int, preci
     families: dict[str, float] = {}
     for op, figures in ops.items():
         families[op_family(op)] = families.get(op_family(op), 0.0) + figures["ms"]
-    kernels = sum(1 for event in profiled.events()
-                  if event.device_type == torch.autograd.DeviceType.CUDA) if on_cuda else None
+    kernels = sum(1 for event in profiled.events()  # the device's copies and fills are not launches of a kernel
+                  if event.device_type == torch.autograd.DeviceType.CUDA
+                  and not event.name.startswith(("Memcpy", "Memset"))) if on_cuda else None
     top = sorted(ops.items(), key=lambda item: -item[1]["ms"])[:BREAKDOWN_TOP_OPS]
     return {"forward_ms": forward_ms, "host_ms": host_ms, "host_share": host_ms / forward_ms, "kernels": kernels,
             "stored_forward_ms": stored_forward_ms, "stored_error": stored_error,

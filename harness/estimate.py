@@ -152,6 +152,7 @@ def estimate(configs: Sequence[RunConfig], tasks: dict[str, TaskData], device: t
     share the GPU with this process) start from the memory it had."""
     timings: dict[tuple, Timing] = {}
     seconds = {}
+    unavailable = None
     try:
         for config in configs:
             task = tasks[config.task]
@@ -159,22 +160,32 @@ def estimate(configs: Sequence[RunConfig], tasks: dict[str, TaskData], device: t
                 seconds[config.key] = 0.0
                 continue
             if _key(config) not in timings:
-                try:
-                    timings[_key(config)] = time_model(config, task.num_classes, device)
-                except torch.cuda.OutOfMemoryError:
-                    inference = timing_batches(device, config.train.batch_size)[1]
-                    raise EstimateUnavailable(f"out of memory on {device} timing {config.method} on "
-                                              f"{config.backbone} (training batch {config.train.batch_size}, "
-                                              f"inference batch {inference})") from None
-                except Exception as exc:  # a method that fails on a real model fails its runs too, each recorded
-                    raise EstimateUnavailable(f"{config.method} on {config.backbone} failed while being timed "
-                                              f"({one_line(exc)}); its runs will record it") from None
+                timing = _timing_or_why(config, task.num_classes, device)
+                if isinstance(timing, str):
+                    unavailable = timing
+                    break
+                timings[_key(config)] = timing
             seconds[config.key] = run_seconds(config, task, timings[_key(config)])
     finally:
-        if device.type == "cuda":
+        if device.type == "cuda":  # no exception in flight holds the timed model's frame here: its memory goes back
             gc.collect()
             torch.cuda.empty_cache()
+    if unavailable is not None:
+        raise EstimateUnavailable(unavailable)
     return seconds
+
+
+def _timing_or_why(config: RunConfig, num_classes: int, device: torch.device) -> Timing | str:
+    """:func:`time_model`'s timing, or why there is none. A reason, not the exception: a caught exception's
+    traceback holds the timed model and optimizer, which must be freed before the cache is emptied."""
+    try:
+        return time_model(config, num_classes, device)
+    except torch.cuda.OutOfMemoryError:
+        inference = timing_batches(device, config.train.batch_size)[1]
+        return (f"out of memory on {device} timing {config.method} on {config.backbone} (training batch "
+                f"{config.train.batch_size}, inference batch {inference})")
+    except Exception as exc:  # a method that fails on a real model fails its runs too, each recorded
+        return f"{config.method} on {config.backbone} failed while being timed ({one_line(exc)}); its runs will record it"
 
 
 def describe(seconds: float) -> str:

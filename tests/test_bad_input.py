@@ -91,7 +91,7 @@ def report_runs(tmp_path) -> Path:
     (["--compare", "tome@nosuch,lora"], "--compare tome@nosuch,lora: no finished runs of method 'tome' at "
                                         "compression 'nosuch' in {runs} (its levels there: low, high)"),
     (["--compare", "tome@high,tome@high"], "--compare tome@high,tome@high: compares tome@high with itself; name two "
-                                           "methods, or two levels of one (tome@low,tome@high)"),
+                                           "methods, or two levels of one (A@low,A@high)"),
     (["--baseline", "{not_a_board}"], "the --baseline file {not_a_board} is not a leaderboard CSV: it has no "
                                       "device_name, backbone, method, compression column; pass a leaderboard.csv "
                                       "written by `run.py report`"),

@@ -48,6 +48,28 @@ def test_each_distinct_model_is_timed_once_and_broken_tasks_cost_nothing(monkeyp
     assert seconds[configs[0].key] == seconds[configs[1].key] > 0
 
 
+@pytest.mark.parametrize("failure", [torch.cuda.OutOfMemoryError, RuntimeError])
+def test_a_failed_timing_frees_its_model_before_the_device_cache_is_emptied(monkeypatch, failure):
+    import weakref
+
+    class Model:
+        pass
+
+    held = []
+
+    def time_model(config, classes, device):
+        model = Model()  # what the traceback of the failure holds while it is in flight
+        held.append(weakref.ref(model))
+        raise failure("CUDA out of memory")
+
+    alive_when_emptied = []
+    monkeypatch.setattr(estimates, "time_model", time_model)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_when_emptied.append(held[0]() is not None))
+    with pytest.raises(estimates.EstimateUnavailable):
+        estimates.estimate([config()], {"t": task()}, torch.device("cuda"))
+    assert alive_when_emptied == [False]  # the workers sharing the GPU get the memory back
+
+
 def test_a_real_model_is_timed_on_random_images():
     timing = estimates.time_model(config(batch_size=4), 3, torch.device("cpu"))
     assert timing.step_seconds > 0 and timing.infer_seconds_per_image > 0 and timing.adapt_seconds >= 0

@@ -286,6 +286,22 @@ def test_compiled_inference_is_skipped_without_its_reserve_before_the_deadline(t
     assert len(check.results["skipped"]) == 1 and check.results["skipped"][0].startswith("compiled inference")
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compiled_inference_without_a_compiler_is_skipped_with_the_reason_before_compiling(
+        monkeypatch, tmp_path, tiny_inference, device) -> None:
+    tiny_inference_models, gmacs = tiny_inference
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: object())  # triton, wherever it is not
+    monkeypatch.setattr(gpu_check.torch, "compile", lambda model: pytest.fail("compiled without a compiler"))
+    check = _compiled_check(tmp_path, gmacs)
+    gpu_check.section_compiled_inference(check, gpu_check.TINY, tiny_inference_models, gpu_check.TINY_BUDGETS,
+                                         torch.device(device))
+    expected = "no C compiler (gcc, clang, cc or $CC)" if device == "cuda" else "no C++ compiler (g++, clang++, c++"
+    assert len(check.results["skipped"]) == 1 and expected in check.results["skipped"][0]
+
+
 def test_a_model_that_cannot_run_stored_in_bf16_keeps_its_autocast_breakdown() -> None:
     class Picky(torch.nn.Module):
         def __init__(self) -> None:

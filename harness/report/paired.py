@@ -140,7 +140,7 @@ def parse_compare(text: str) -> tuple[Selector, Selector]:
     first, second = Selector.parse(parts[0]), Selector.parse(parts[1])
     if first == second:  # every difference would be zero by construction, its test a certain "no difference"
         raise UserError(f"--compare {text}: compares {first} with itself; name two methods, or two levels of one "
-                        f"(tome@low,tome@high)")
+                        f"(A@low,A@high)")
     return first, second
 
 

@@ -185,7 +185,8 @@ def _timing_or_why(config: RunConfig, num_classes: int, device: torch.device) ->
         return (f"out of memory on {device} timing {config.method} on {config.backbone} (training batch "
                 f"{config.train.batch_size}, inference batch {inference})")
     except Exception as exc:  # a method that fails on a real model fails its runs too, each recorded
-        return f"{config.method} on {config.backbone} failed while being timed ({one_line(exc)}); its runs will record it"
+        return (f"{config.method} on {config.backbone} failed while being timed ({one_line(exc)}); its runs will "
+                f"record it")
 
 
 def describe(seconds: float) -> str:

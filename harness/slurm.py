@@ -55,7 +55,8 @@ def parse_time(text: str) -> int:
     if wrong:
         raise UserError(f"--slurm-time '{text}': {', '.join(wrong)} out of range (hours 0-23 after days, minutes and "
                         f"seconds 0-59 after a larger unit)")
-    seconds = int(days or 0) * UNIT_SECONDS["days"] + sum(value * UNIT_SECONDS[unit] for unit, value in zip(units, values))
+    seconds = (int(days or 0) * UNIT_SECONDS["days"]
+               + sum(value * UNIT_SECONDS[unit] for unit, value in zip(units, values)))
     if seconds == 0:
         raise UserError(f"--slurm-time '{text}' is no time at all; give each run a limit (e.g. 90 or 4:00:00)")
     return -(-seconds // 60)

@@ -59,13 +59,14 @@ CREATED_MODE = 0o666 & ~_umask()
 def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
     """``write(temporary_path)``, then rename over ``path``: readers see the old file or the new one, never half.
     The file gets the mode a plain ``open`` would give it (mkstemp's temporaries are private to their owner, which
-    would keep a run folder or cache shared between users unreadable to the others)."""
+    would keep a run folder or cache shared between users unreadable to the others); set after ``write``, since
+    a writer may replace the temporary with a file of its own (safetensors' ``save_file`` does, private again)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(descriptor, CREATED_MODE)
     os.close(descriptor)
     try:
         write(temporary)
+        os.chmod(temporary, CREATED_MODE)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

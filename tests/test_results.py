@@ -40,6 +40,19 @@ def test_an_atomically_written_file_gets_the_mode_a_plain_open_gives(tmp_path):
     assert os.stat(tmp_path / "run.json").st_mode & 0o777 == os.stat(tmp_path / "plain.json").st_mode & 0o777
 
 
+def test_an_adapter_file_gets_the_mode_a_plain_open_gives_though_safetensors_writes_its_own(tmp_path):
+    import os
+
+    import harness
+    from harness.adapters import save_adapter
+
+    model = harness.adapt(harness.create_backbone("vit_micro_small_patch4_32", 3, pretrained=False), "lora")
+    save_adapter(model, tmp_path / "run.adapter.safetensors", {"method": "lora"})
+    (tmp_path / "plain.json").write_text("{}")
+    assert os.stat(tmp_path / "run.adapter.safetensors").st_mode & 0o777 == \
+        os.stat(tmp_path / "plain.json").st_mode & 0o777
+
+
 def test_flatten_gives_one_flat_row():
     config = _config()
     record = {"key": config.key, "config": config.to_dict(), "status": "ok",

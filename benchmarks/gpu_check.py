@@ -96,7 +96,8 @@ from harness.measure import PRECISIONS as DTYPES  # noqa: E402
 from harness.pipeline import TEST_BATCH  # noqa: E402
 from harness.plan import load_tasks  # noqa: E402
 from harness.store import replace_atomically, write_json_atomic  # noqa: E402
-from harness.train import Schedule, TrainConfig, Trainer, backend_flags, build_optimizer, train_epoch  # noqa: E402
+from harness.train import (Schedule, TrainConfig, Trainer, backend_flags, build_optimizer,  # noqa: E402
+                           evaluation_epochs, train_epoch)
 from vtab_root import write_task  # noqa: E402  (the tests' builder: one definition of the VTAB-1k layout)
 
 from common import machine, make_parser, setup  # noqa: E402
@@ -804,8 +805,7 @@ def project(results: dict) -> dict:
     preset = presets.load(f"paper/{PROJECTED_PRESET}")
     run, recipe = preset["run"], preset["train"]
     measure = MeasureConfig.preset(run["bench_preset"])
-    epochs, every = recipe["epochs"], recipe["eval_every"]
-    evaluations = epochs // every + (epochs % every != 0)
+    epochs, evaluations = recipe["epochs"], len(evaluation_epochs(TrainConfig(**recipe)))
     configs = [(method, level) for method in run["methods"]
                for level in (run["compression"] if registry.get_method(method).compresses else [None])]
     search_steps = inspect.signature(registry.get_method("diffrate").fn).parameters["search_steps"].default

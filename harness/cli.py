@@ -30,7 +30,7 @@ from .progress import SweepProgress
 from .runner import WAIT_SECONDS, LocalExecutor, RunOptions, inline_executor, run_all, to_run, triage, worker_job
 from .slurm import CLUSTERS
 from .store import STATUS_OK, STATUS_RUNNING, RunStore, attempt_outcome, written_by
-from .train import SELECTIONS
+from .train import LR_SCHEDULES, SELECTIONS
 
 if TYPE_CHECKING:
     from .report import SuiteReport
@@ -169,6 +169,10 @@ MATCH_TOLERANCE = 0.10
               help="Training epochs.  [default: the task's: 100 for VTAB-1k as in PYRA, fewer offline]")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
               help="Linear warm-up epochs.  [default: a tenth of --epochs]")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="per_step", show_default=True,
+              help="per_step: linear warm-up, then cosine to the minimum lr, set every step. per_epoch_lagged: the "
+                   "PYRA code's curve, timm 0.5.4's cosine stepped after each epoch (one epoch behind, peaking "
+                   "below --lr; the paper presets' choice).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=math.inf, max_open=True), default=None,
               callback=lambda ctx, param, value: _finite(value, "--lr"),
               help="Peak learning rate of AdamW.  [default: the task's for what the method trains (the offline "
@@ -328,12 +332,13 @@ def _print_presets() -> None:
 
 
 def _main(methods: str, tasks: str, backbone: str | None, compression: str, epochs: int | None,
-          warmup_epochs: int | None, lr: float | None, batch_size: int, train_precision: str, tf32: bool,
-          cudnn_benchmark: bool, compile_train: bool, no_save_adapters: bool, selection: str, seeds: list[int],
-          bench_batch: tuple[int, ...] | None, bench_preset: str, amp: str | None, compile_model: bool,
-          flops_breakdown: bool, profile: bool, max_spread: float, refuse_noisy: bool, threads: int | None,
-          device: str, pretrained: bool | None, weights: Path | None, data_root: Path | None, img_size: int | None,
-          normalization: str, check_images: bool, out: Path, plugins: tuple[str, ...], executor: str, jobs: int,
+          warmup_epochs: int | None, lr_schedule: str, lr: float | None, batch_size: int, train_precision: str,
+          tf32: bool, cudnn_benchmark: bool, compile_train: bool, no_save_adapters: bool, selection: str,
+          seeds: list[int], bench_batch: tuple[int, ...] | None, bench_preset: str, amp: str | None,
+          compile_model: bool, flops_breakdown: bool, profile: bool, max_spread: float, refuse_noisy: bool,
+          threads: int | None, device: str, pretrained: bool | None, weights: Path | None, data_root: Path | None,
+          img_size: int | None, normalization: str, check_images: bool, out: Path, plugins: tuple[str, ...],
+          executor: str, jobs: int,
           isolate: bool, slurm_partition: str | None, slurm_time: str, slurm_gpus_per_job: int,
           slurm_cpus_per_job: int | None, slurm_array_parallelism: int, slurm_account: str | None,
           slurm_opt: tuple[str, ...], slurm_cluster: str, wait: bool, checkpoint_every: int, timeout: float | None,
@@ -375,8 +380,8 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")
     task_data = load_tasks(task_names, data_root, check_images, selection)
     _print_tasks(task_data, selection)
-    overrides = {**train_defaults, "epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size,
-                 "selection": selection, "precision": train_precision, "tf32": tf32,
+    overrides = {**train_defaults, "epochs": epochs, "warmup_epochs": warmup_epochs, "lr_schedule": lr_schedule,
+                 "lr": lr, "batch_size": batch_size, "selection": selection, "precision": train_precision, "tf32": tf32,
                  "cudnn_benchmark": cudnn_benchmark, "compile": compile_train}
     levels = None if compression is None else (_split(compression) or [NONE])
     configs = plan_runs(method_names, task_data, seeds=seeds, compressions=levels,

@@ -29,6 +29,15 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 
+def _keyed_fields(value: object) -> object:
+    """``value`` as :func:`dataclasses.asdict` gives it, less each field marked ``keyed_when_set`` that holds its
+    default: such a field came after runs were recorded, and at its default it describes what they did."""
+    if not dataclasses.is_dataclass(value):
+        return value
+    return {item.name: _keyed_fields(getattr(value, item.name)) for item in dataclasses.fields(value)
+            if not (item.metadata.get("keyed_when_set") and getattr(value, item.name) == item.default)}
+
+
 def _tuples(fields: dict) -> dict:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
 
@@ -60,8 +69,9 @@ class RunConfig:
 
     @property
     def key(self) -> str:
-        """A stable hash of every field: the same config always maps to the same result file."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of every field: the same config always maps to the same result file. A field added
+        later (``keyed_when_set``) counts only when it is not at its default, so older keys stay valid."""
+        canonical = json.dumps(_keyed_fields(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
     @property

@@ -26,7 +26,7 @@ from .data import Normalize, TaskData
 from .errors import one_line
 from .measure import MeasureConfig, autocast, device_synchronizer
 from .pipeline import TEST_BATCH
-from .train import Trainer, build_optimizer
+from .train import Trainer, build_optimizer, evaluation_epochs
 
 TIMED_STEPS = 3
 # On a CPU a step's time grows with its batch almost linearly (a fixed cost plus a cost per image), so the
@@ -110,9 +110,6 @@ def _extend(counts: list[int], seconds: list[float], batch: int) -> float:
     return max(seconds[1], seconds[1] + per_image * (batch - counts[1]))
 
 
-def _evaluations(config: RunConfig) -> int:
-    epochs, every = config.train.epochs, config.train.eval_every
-    return epochs // every + (epochs % every != 0)
 
 
 def _measurement_seconds(settings: MeasureConfig, per_image: float) -> float:
@@ -134,7 +131,7 @@ def run_seconds(config: RunConfig, task: TaskData, timing: Timing) -> float:
         trained = sizes.get("train") or 0
     evaluated = (sizes.get("test") or 0) + (sizes.get("val") or 0 if config.train.selection == "val" else 0)
     steps = config.train.epochs * math.ceil(trained / config.train.batch_size)
-    evaluation = _evaluations(config) * evaluated * timing.infer_seconds_per_image
+    evaluation = len(evaluation_epochs(config.train)) * evaluated * timing.infer_seconds_per_image
     probes = 2 * timing.step_seconds  # the memory probe and the first step before timing
     return (timing.adapt_seconds + steps * timing.step_seconds + evaluation + probes
             + _measurement_seconds(config.measure, timing.infer_seconds_per_image))

@@ -196,5 +196,6 @@ def describe_plan(configs: Sequence[RunConfig], seconds: dict[str, float] | None
         where = f"  [{state}{f': {detail}' if detail else ''}]" if state else ""
         lines.append(f"[{index}/{len(configs)}] {config.label}  pretrained={config.pretrained} "
                      f"device={config.device} img={config.data.img_size} epochs={train['epochs']} lr={train['lr']} "
-                     f"batch={train['batch_size']}{cost}  -> {config.file_stem}.json{where}")
+                     f"batch={train['batch_size']} schedule={train['lr_schedule']}{cost}  -> {config.file_stem}.json"
+                     f"{where}")
     return lines

@@ -4,6 +4,11 @@ Defaults follow PYRA's scripts (lr 1e-3, weight decay 1e-4, batch 32, 100 epochs
 cosine to 1e-5, label smoothing 0, drop-path 0.1). PYRA reports the best of its periodic test evaluations; we
 record that as ``test_acc_best`` and the final evaluation as ``test_acc_last``.
 
+Two settings reproduce what the PYRA code does where it departs from that description (the paper presets set
+them): ``lr_schedule="per_epoch_lagged"`` is the curve its train loop gets from timm 0.5.4's
+``CosineLRScheduler`` (:func:`lagged_epoch_learning_rate`), and ``eval_first=1`` evaluates after epochs 1, 11,
+21, ... as its ``epoch % val_interval == 0`` does with epochs counted from 0 (:func:`evaluation_epochs`).
+
 ``selection`` says what picks the reported evaluation. ``"test"`` (the default, PYRA's and V-PETL Bench's
 protocol): train on train + val, evaluate test. ``"val"``: train on train only and evaluate val as well as test
 at every evaluation; ``test_acc_at_best_val`` is the test accuracy at the evaluation with the best val accuracy,
@@ -34,6 +39,10 @@ from .errors import NonFiniteLoss, UserError
 from .measure import PRECISIONS, autocast
 
 SELECTIONS = ("test", "val")  # TrainConfig.selection: what picks the reported evaluation (module docstring)
+LR_SCHEDULES = ("per_step", "per_epoch_lagged")  # TrainConfig.lr_schedule: learning_rate, lagged_epoch_learning_rate
+# Settings added after run files were published: at their default a run's key leaves them out, so every run
+# recorded before they existed keeps its key (and its file) — see harness.config.RunConfig.key.
+KEYED_WHEN_SET = {"keyed_when_set": True}
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,27 @@ class TrainConfig:
     tf32: bool = False  # CUDA: TF32 matmuls and convolutions
     cudnn_benchmark: bool = False  # CUDA: cudnn.benchmark
     compile: bool = False  # torch.compile the training step
+    # per_step (linear warm-up, then cosine, set every step) or per_epoch_lagged (the PYRA code's curve)
+    lr_schedule: str = field(default="per_step", metadata=KEYED_WHEN_SET)
+    eval_first: int = field(default=0, metadata=KEYED_WHEN_SET)  # the first evaluation's epoch; 0: eval_every
 
     def __post_init__(self) -> None:
         _check_selection(self.selection)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
+        if self.eval_every < 1 or self.eval_first < 0:
+            raise ValueError(f"eval_every must be at least 1 and eval_first at least 0, not {self.eval_every} and "
+                             f"{self.eval_first}")
+
+
+def evaluation_epochs(config: TrainConfig) -> list[int]:
+    """The epochs after which :func:`fit` evaluates: ``eval_first`` (``eval_every`` when 0), every
+    ``eval_every`` epochs after it, and the last epoch."""
+    first = config.eval_first or config.eval_every
+    epochs = list(range(first, config.epochs + 1, config.eval_every))
+    return epochs if epochs and epochs[-1] == config.epochs else [*epochs, config.epochs]
 
 
 def _check_selection(selection: str) -> None:
@@ -97,6 +122,30 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, config: TrainC
         return config.warmup_lr + (config.lr - config.warmup_lr) * step / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def lagged_epoch_learning_rate(epoch: int, config: TrainConfig) -> float:
+    """The learning rate of (1-based) ``epoch`` as the PYRA code sets it: timm 0.5.4's ``CosineLRScheduler``
+    (``t_initial=epochs``, ``warmup_t=warmup_epochs``, no warm-up prefix) stepped once per epoch, after it, with
+    the 0-based number of the epoch just finished.
+
+    So the lr is constant within an epoch; the first epoch runs at the warm-up start (the scheduler's initial
+    value) and epoch ``e >= 2`` at the scheduler's value for ``e - 2``: the curve lags one epoch, epochs 1 and 2
+    both run at ``warmup_lr``, and because the cosine counts from epoch 0, not from the warm-up's end, it peaks
+    below ``lr`` (9.76e-4 for 1e-3 over 100 epochs with 10 of warm-up).
+    """
+    if epoch <= 1:
+        return config.warmup_lr if config.warmup_epochs else _timm_cosine(0, config)
+    t = epoch - 2
+    if t < config.warmup_epochs:
+        return config.warmup_lr + t * (config.lr - config.warmup_lr) / config.warmup_epochs
+    return _timm_cosine(t, config)
+
+
+def _timm_cosine(t: int, config: TrainConfig) -> float:
+    if t >= config.epochs:  # past the one cycle: timm holds lr_min
+        return config.min_lr
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * t / config.epochs))
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -210,7 +259,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Per-step learning rates for a whole run: ``lr(step)``.
+    """Per-step learning rates for a whole run: ``lr(step)``, by ``config.lr_schedule``.
 
     The warm-up lasts ``config.warmup_epochs`` epochs unless ``warmup_steps`` is given: pretraining has a few long
     epochs and counts its warm-up in steps.
@@ -221,6 +270,8 @@ class Schedule:
     warmup_steps: int | None = None
 
     def lr(self, step: int) -> float:
+        if self.config.lr_schedule == "per_epoch_lagged":
+            return lagged_epoch_learning_rate(step // self.steps_per_epoch + 1, self.config)
         warmup = self.config.warmup_epochs * self.steps_per_epoch if self.warmup_steps is None else self.warmup_steps
         return learning_rate(step, self.config.epochs * self.steps_per_epoch, warmup, self.config)
 
@@ -249,7 +300,7 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
         log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] = lambda entry: None,
         val_loader: DataLoader | None = None, checkpoint: Checkpointer | None = None,
         tick: Callable[[], None] | None = None) -> TrainResult:
-    """Train for ``config.epochs`` epochs, evaluating every ``eval_every`` epochs and after the last one.
+    """Train for ``config.epochs`` epochs, evaluating after each of :func:`evaluation_epochs`.
 
     Each evaluation measures test accuracy; ``test_acc_best`` is the best of them, ``test_acc_last`` the last.
     With ``config.selection == "val"`` a ``val_loader`` is required (with ``"test"`` it must be None): each
@@ -284,6 +335,7 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
         log(f"  resumed from the checkpoint after epoch {progress['epoch']}/{config.epochs}")
     accuracies, val_accuracies, curve = progress["accuracies"], progress["val_accuracies"], progress["curve"]
     on_step = None if tick is None else (lambda loss: tick())
+    evaluated = set(evaluation_epochs(config))
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
         loss_sum, images_seen = train_epoch(trainer, train_loader, schedule, (epoch - 1) * steps_per_epoch, on_step)
@@ -295,7 +347,7 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
         lr = schedule.lr(epoch * steps_per_epoch - 1)
         entry = {"epoch": epoch, "loss": mean_loss, "lr": lr}
         message = f"  epoch {epoch}/{config.epochs}  loss {mean_loss:.4f}  lr {lr:.2e}"
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+        if epoch in evaluated:
             if val_loader is not None:
                 entry["val_acc"] = trainer.evaluate(val_loader)
                 val_accuracies.append(entry["val_acc"])

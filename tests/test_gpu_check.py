@@ -161,7 +161,7 @@ def test_projection_adds_up_the_preset() -> None:
     tests = sum(gpu_check.VTAB_TEST_SIZES.values())
     runs = 9 * 19
     train = runs * (100 * 1.0 + 2 * 0.03125)  # 100 epochs of 1 s, plus the memory probe and the first step
-    evaluation = 9 * 10 * tests / 1000.0  # 10 evaluations of every test split per config
+    evaluation = 9 * 11 * tests / 1000.0  # 11 evaluations of every test split per config (epochs 1, 11, ..., 91, 100)
     measure = runs * 20.0  # the pyra timing preset: 10 s warm-up + 10 s timed, at batch 512 (0.5 s a batch)
     search = 2 * 19 * 60 * (4 / 3) * 0.03125  # diffrate at 2 levels: 60 steps at 4/3 of LoRA's fp32 step
     # small_peft at 2 levels, once each (the process keeps the match): tome and one smaller candidate, in three

@@ -87,8 +87,10 @@ def test_explicit_options_override_a_preset_and_take_what_goes_with_them():
 
     preset = presets.paper_presets()["pyra-vit-b"]
     defaults = {param.name: param.default for param in run.params}
-    options, train = expand_preset(preset, {**defaults, "epochs": 5, "methods": "lora"}, explicit={"epochs", "methods"})
+    options, train = expand_preset(preset, {**defaults, "epochs": 5, "methods": "lora", "lr_schedule": "per_step"},
+                                   explicit={"epochs", "methods", "lr_schedule"})
     assert options["epochs"] == 5 and options["methods"] == "lora" and options["lr"] == 1e-3
+    assert options["lr_schedule"] == "per_step" and train["eval_first"] == 1
     assert options["compression"] is None and "warmup_epochs" not in train and "eval_every" not in train
     assert options["warmup_epochs"] is None and train["warmup_lr"] == 1e-6
 

@@ -23,6 +23,16 @@ def test_config_key_is_stable_and_sensitive_to_every_field():
     assert len({variant.key for variant in variants} | {_config().key}) == len(variants) + 1
 
 
+def test_a_setting_added_later_keeps_every_earlier_key_at_its_default_and_changes_it_when_set():
+    """The key this config had before ``lr_schedule`` and ``eval_first`` existed: run folders recorded then
+    must still find their files (a changed key would rerun every finished run)."""
+    assert _config().key == "bb2d28993a94"
+    changed = {_config(train=TrainConfig(epochs=3, lr_schedule="per_epoch_lagged")).key,
+               _config(train=TrainConfig(epochs=3, eval_first=1)).key}
+    assert len(changed | {_config().key}) == 3
+    assert "lr_schedule" in _config().to_dict()["train"]  # the record still says what ran
+
+
 def test_atomic_write_never_leaves_partial_files(tmp_path):
     path = tmp_path / "run.json"
     write_json_atomic(path, {"status": "ok"})

@@ -5,7 +5,8 @@ from torch import nn
 import harness
 from conftest import tiny_vit
 from harness.data import ArrayDataset, Normalize, TaskData, make_loader
-from harness.train import Schedule, TrainConfig, Trainer, build_optimizer, fit, learning_rate, selection_splits
+from harness.train import (Schedule, TrainConfig, Trainer, build_optimizer, evaluation_epochs, fit, learning_rate,
+                           selection_splits)
 
 
 def test_schedule_warms_up_then_decays_to_min_lr():
@@ -21,6 +22,34 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 
 def test_learning_rate_without_warmup_starts_at_peak():
     assert learning_rate(0, 100, 0, TrainConfig(lr=2e-3)) == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("warmup_epochs", [10, 0])
+def test_the_lagged_per_epoch_schedule_is_timms_cosine_scheduler_stepped_as_the_pyra_code_steps_it(warmup_epochs):
+    """The oracle is timm's own CosineLRScheduler (its cosine is 0.5.4's for these arguments), driven as the PYRA
+    train loop drives it: ``lr_scheduler.step(epoch)`` after each 0-based epoch."""
+    from timm.scheduler import CosineLRScheduler
+
+    config = TrainConfig(epochs=100, warmup_epochs=warmup_epochs, lr_schedule="per_epoch_lagged")
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs, lr_min=config.min_lr,
+                                  warmup_t=config.warmup_epochs, warmup_lr_init=config.warmup_lr)
+    schedule = Schedule(config, steps_per_epoch=3)
+    for epoch in range(config.epochs):
+        expected = optimizer.param_groups[0]["lr"]
+        assert [schedule.lr(epoch * 3 + step) for step in range(3)] == pytest.approx([expected] * 3), epoch + 1
+        scheduler.step(epoch)
+    if warmup_epochs:
+        assert max(schedule.lr(step) for step in range(300)) == pytest.approx(9.7577e-4, rel=1e-4)
+
+
+def test_evaluation_epochs_start_at_eval_first_and_always_end_with_the_last():
+    assert evaluation_epochs(TrainConfig()) == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert evaluation_epochs(TrainConfig(eval_first=1)) == [1, 11, 21, 31, 41, 51, 61, 71, 81, 91, 100]
+    assert evaluation_epochs(TrainConfig(epochs=7, eval_every=3)) == [3, 6, 7]
+    assert evaluation_epochs(TrainConfig(epochs=2, eval_every=5)) == [2]
+    with pytest.raises(ValueError, match="lr_schedule must be one of per_step, per_epoch_lagged"):
+        TrainConfig(lr_schedule="cosine")
 
 
 def test_weight_decay_skips_biases_and_norms():
@@ -93,6 +122,12 @@ def test_selection_on_val_reports_the_test_accuracy_of_the_best_val_evaluation()
     assert [(entry["epoch"], entry["val_acc"], entry["test_acc"]) for entry in result.curve if "val_acc" in entry] \
         == [(2, 50.0, 80.0), (4, 70.0, 65.0), (6, 60.0, 75.0)]
     assert all(("val_acc" in entry) == ("test_acc" in entry) for entry in result.curve)
+
+
+def test_fit_evaluates_after_the_evaluation_epochs():
+    config = TrainConfig(epochs=5, warmup_epochs=0, eval_every=2, eval_first=1)
+    result = fit(ScriptedTrainer({"test": [1.0, 2.0, 3.0]}), TRAIN_BATCHES, "test", config, log=lambda line: None)
+    assert [entry["epoch"] for entry in result.curve if "test_acc" in entry] == [1, 3, 5]
 
 
 def test_a_tie_on_the_best_val_accuracy_goes_to_the_earlier_evaluation():

@@ -292,8 +292,10 @@ def run(**options: object) -> None:
 
 
 # A preset value that goes with another option is dropped when that option is given: levels go with the methods
-# they compress, warm-up and evaluation cadence with the epochs they divide (the planner derives them then).
-PRESET_TIES = {"compression": "methods", "warmup_epochs": "epochs", "eval_every": "epochs"}
+# they compress, warm-up and evaluation cadence with the epochs they divide (the planner derives them then), a
+# distilled backbone's loss with that backbone.
+PRESET_TIES = {"compression": "methods", "warmup_epochs": "epochs", "eval_every": "epochs",
+               "distilled_loss": "backbone"}
 
 
 def expand_preset(preset: dict, options: dict, explicit: set[str]) -> tuple[dict, dict]:

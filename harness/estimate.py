@@ -89,7 +89,8 @@ def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Tim
     model = adapt(model, config.method, config.compression, **{name: context[name] for name in spec.context})
     model = model.to(device)
     adapt_seconds = time.perf_counter() - started
-    trainer = Trainer(model, build_optimizer(model, config.train), normalize, precision=config.train.precision)
+    trainer = Trainer(model, build_optimizer(model, config.train), normalize, precision=config.train.precision,
+                      distilled_loss=config.train.distilled_loss)
     steps = []
     for images, labels in batches:
         trainer.train_step(images, labels)  # warm-up

@@ -153,7 +153,8 @@ def train_and_measure(config: RunConfig, task: TaskData, device: torch.device, l
     total_params, tunable_params = count_parameters(model)
     added_params = sum(p.numel() for p in model.parameters() if id(p) not in backbone_ids)
     trainer = Trainer(model, build_optimizer(model, config.train), normalize, config.train.label_smoothing,
-                      precision=config.train.precision, compile=config.train.compile)
+                      precision=config.train.precision, compile=config.train.compile,
+                      distilled_loss=config.train.distilled_loss)
 
     first_batch = next(iter(train_loader))
     with undone_steps(trainer):

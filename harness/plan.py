@@ -19,7 +19,7 @@ from .errors import BadOption, UserError, one_line
 from .vocabulary import NONE, SMALL_MODEL_BASELINE
 from .measure import MeasureConfig
 from .preflight import preflight
-from .train import TrainConfig
+from .train import TrainConfig, check_distilled
 
 
 UNAVAILABLE = "unavailable"  # the backbone of a broken task's failed runs when neither it nor --backbone names one
@@ -141,7 +141,7 @@ def plan_runs(methods: Sequence[str], tasks: dict[str, TaskData], *, seeds: Sequ
             levels = list(compressions or default_compression()) if spec.compresses else [NONE]
             for level in levels:
                 if usable:
-                    _check_adapts(spec.name, level, task_backbone, data.img_size, task.num_classes)
+                    _check_adapts(spec.name, level, task_backbone, data.img_size, task.num_classes, train)
                 for seed in seeds:
                     configs.append(RunConfig(spec.name, task_name, task_backbone, seed, level, use_pretrained,
                                              device.type, train, measure, data, **weights_fields,
@@ -166,8 +166,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_adapts(method: str, compression: str, backbone: str, img_size: int, num_classes: int) -> None:
-    """Adapt a weightless (meta-device) model: bad compression levels or options fail before any run.
+def _check_adapts(method: str, compression: str, backbone: str, img_size: int, num_classes: int,
+                  train: TrainConfig) -> None:
+    """Adapt a weightless (meta-device) model: bad compression levels or options fail before any run, and so
+    does a training setting the adapted model cannot take (``distilled_loss`` without a distillation head).
 
     A method's own :class:`UserError` is its message for bad input and passes as it is; anything else it raises
     is a bug in the method, stopped here as bad input naming the file that registered it, before any run.
@@ -175,13 +177,15 @@ def _check_adapts(method: str, compression: str, backbone: str, img_size: int, n
     with torch.device("meta"):
         model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, img_size=img_size)
         try:
-            adapt(model, method, compression)
+            adapted = adapt(model, method, compression)
         except UserError:
             raise
         except Exception as exc:
             raise UserError(f"method '{method}' (plugin {registry.get_method(method).source}) failed while adapting "
                             f"{backbone} at level {compression}: {one_line(exc)}; fix the plugin or drop it from "
                             f"--methods") from exc
+    if train.distilled_loss == "class_head":
+        check_distilled(adapted, backbone)
 
 
 def describe_plan(configs: Sequence[RunConfig], seconds: dict[str, float] | None = None,

@@ -4,6 +4,7 @@ Where records live and how they are written is :mod:`harness.store`'s business.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import platform
@@ -16,6 +17,7 @@ import timm
 import torch
 
 from .registry import _REPO_ROOT
+from .train import TrainConfig
 
 # Columns shown in the end-of-run table, in order; the CSV has every column.
 TABLE_COLUMNS = {
@@ -70,6 +72,12 @@ def environment(device: torch.device, cpu_allocator: str) -> dict:
     }
 
 
+# A run recorded before a training setting existed ran at that setting's default (the ones marked keyed_when_set),
+# so its row says so rather than leaving the column empty.
+LATER_TRAIN_DEFAULTS = {item.name: item.default for item in dataclasses.fields(TrainConfig)
+                        if item.metadata.get("keyed_when_set")}
+
+
 def flatten(record: dict) -> dict:
     """One flat row: config fields, train (``train_``), measurement (``measure_``) and data (``data_``) settings,
     what the run recorded of its method (``method_compresses``, ``method_role``, ``method_order``) and task
@@ -77,6 +85,7 @@ def flatten(record: dict) -> dict:
     ``source_files``, ``source_fingerprint``...), scalar metrics and environment (``env_``)."""
     config = dict(record["config"])
     row = {key: value for key, value in config.items() if not isinstance(value, dict)}
+    config["train"] = {**LATER_TRAIN_DEFAULTS, **config.get("train", {})}
     for section in ("train", "measure", "data"):
         row.update({f"{section}_{key}": _cell(value) for key, value in config.get(section, {}).items()})
     row.update({f"method_{key}": value for key, value in record.get("method_info", {}).items()})

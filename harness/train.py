@@ -8,6 +8,9 @@ Two settings reproduce what the PYRA code does where it departs from that descri
 them): ``lr_schedule="per_epoch_lagged"`` is the curve its train loop gets from timm 0.5.4's
 ``CosineLRScheduler`` (:func:`lagged_epoch_learning_rate`), and ``eval_first=1`` evaluates after epochs 1, 11,
 21, ... as its ``epoch % val_interval == 0`` does with epochs counted from 0 (:func:`evaluation_epochs`).
+On a distilled backbone (timm's ``VisionTransformerDistilled``), ``distilled_loss="class_head"`` trains on the
+class head's logits alone, as the PYRA code's ``outputs, _ = model(samples)`` does; ``"average"``, timm's
+fine-tuning, trains on the mean of both heads' logits. Evaluation averages both heads either way.
 
 ``selection`` says what picks the reported evaluation. ``"test"`` (the default, PYRA's and V-PETL Bench's
 protocol): train on train + val, evaluate test. ``"val"``: train on train only and evaluate val as well as test
@@ -39,6 +42,7 @@ from .errors import NonFiniteLoss, UserError
 from .measure import PRECISIONS, autocast
 
 SELECTIONS = ("test", "val")  # TrainConfig.selection: what picks the reported evaluation (module docstring)
+DISTILLED_LOSSES = ("average", "class_head")  # TrainConfig.distilled_loss (module docstring)
 LR_SCHEDULES = ("per_step", "per_epoch_lagged")  # TrainConfig.lr_schedule: learning_rate, lagged_epoch_learning_rate
 # Settings added after run files were published: at their default a run's key leaves them out, so every run
 # recorded before they existed keeps its key (and its file) — see harness.config.RunConfig.key.
@@ -65,6 +69,7 @@ class TrainConfig:
     # per_step (linear warm-up, then cosine, set every step) or per_epoch_lagged (the PYRA code's curve)
     lr_schedule: str = field(default="per_step", metadata=KEYED_WHEN_SET)
     eval_first: int = field(default=0, metadata=KEYED_WHEN_SET)  # the first evaluation's epoch; 0: eval_every
+    distilled_loss: str = field(default="average", metadata=KEYED_WHEN_SET)  # a distilled backbone's training loss
 
     def __post_init__(self) -> None:
         _check_selection(self.selection)
@@ -72,6 +77,9 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
+        if self.distilled_loss not in DISTILLED_LOSSES:
+            raise ValueError(f"distilled_loss must be one of {', '.join(DISTILLED_LOSSES)}, not "
+                             f"{self.distilled_loss!r}")
         if self.eval_every < 1 or self.eval_first < 0:
             raise ValueError(f"eval_every must be at least 1 and eval_first at least 0, not {self.eval_every} and "
                              f"{self.eval_first}")
@@ -155,6 +163,14 @@ def check_precision(precision: str, device: torch.device) -> None:
                         f"use --train-precision fp16 or fp32")
 
 
+def check_distilled(model: nn.Module, name: str = "") -> None:
+    """Refuse, in one line, ``distilled_loss="class_head"`` on a model without a distillation head."""
+    if getattr(model, "dist_token", None) is None or not hasattr(model, "set_distilled_training"):
+        raise UserError(f"distilled_loss 'class_head' trains the class head of a distilled backbone (timm's "
+                        f"VisionTransformerDistilled), and {name or type(model).__name__} has no distillation head; "
+                        f"use a distilled backbone (deit_base_distilled_patch16_224) or distilled_loss 'average'")
+
+
 @contextlib.contextmanager
 def backend_flags(config: TrainConfig, device: torch.device) -> Iterator[dict]:
     """The run's CUDA backend flags (TF32 matmuls and cuDNN convolutions, ``cudnn.benchmark``) from ``config``,
@@ -186,10 +202,16 @@ class Trainer:
     pass under autocast, fp16 scales the loss with an (enabled) ``GradScaler``; fp32 runs neither. The loss is
     computed in fp32. With ``compile`` the training step runs a ``torch.compile`` of ``model``; ``self.model``
     stays the module itself, for evaluation and everything after training (merging, counting, saving).
+    ``distilled_loss="class_head"`` switches a distilled model to timm's distilled training, in which it returns
+    both heads' logits while training, and takes the class head's (see the module docstring).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, normalize: Normalize,
-                 label_smoothing: float = 0.0, *, precision: str = "fp32", compile: bool = False) -> None:
+                 label_smoothing: float = 0.0, *, precision: str = "fp32", compile: bool = False,
+                 distilled_loss: str = "average") -> None:
+        if distilled_loss == "class_head":
+            check_distilled(model)
+            model.set_distilled_training(True)
         self.model, self.optimizer, self.normalize = model, optimizer, normalize
         self.label_smoothing = label_smoothing
         self.device = torch.device(normalize.device)
@@ -202,6 +224,8 @@ class Trainer:
         """Forward, backward and update on one uint8 batch; returns the (detached) loss without syncing."""
         with autocast(self.device, self.precision):
             logits = self.trained(self.normalize(images))
+        if isinstance(logits, tuple):  # distilled training: (class head, distillation head)
+            logits = logits[0]
         labels = labels.to(logits.device, non_blocking=True)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         if self.scaler.is_enabled():

@@ -86,6 +86,38 @@ def test_training_output_is_the_mean_of_both_heads_as_deit_fine_tunes():
     torch.testing.assert_close(model(batch), expected)
 
 
+def test_the_class_head_loss_trains_the_class_head_alone_and_evaluation_still_averages_both_heads():
+    """The PYRA code's DeiT training (``outputs, _ = model(samples)``): the distillation head keeps its
+    initialisation, and the prediction is still the mean of both heads."""
+    import torch.nn.functional as F
+
+    model = harness.adapt(tiny_deit(), "full_ft")
+    head, head_dist = model.head.weight.detach().clone(), model.head_dist.weight.detach().clone()
+    trainer = Trainer(model, build_optimizer(model, TrainConfig()), Normalize((0.5,) * 3, (0.25,) * 3, "cpu"),
+                      distilled_loss="class_head")
+    uint8 = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        features = model.forward_features(trainer.normalize(uint8))
+        expected = F.cross_entropy(model.head(features[:, 0]), labels)
+    assert trainer.train_step(uint8, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(model.head_dist.weight, head_dist) and not torch.equal(model.head.weight, head)
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(images())
+        torch.testing.assert_close(model(images()), (model.head(features[:, 0]) + model.head_dist(features[:, 1])) / 2)
+
+
+def test_the_class_head_loss_is_refused_in_the_plan_for_a_backbone_without_a_distillation_head():
+    from harness.errors import UserError
+    from harness.plan import _check_adapts
+
+    config = TrainConfig(distilled_loss="class_head")
+    _check_adapts("lora", "none", "deit_tiny_distilled_patch16_224", 32, 3, config)
+    with pytest.raises(UserError, match="vit_tiny_patch16_224 has no distillation head; use a distilled backbone"):
+        _check_adapts("lora", "none", "vit_tiny_patch16_224", 32, 3, config)
+
+
 @pytest.mark.parametrize("method", ["tome", "pyra"])
 def test_token_merging_never_merges_the_distillation_token(method):
     model = make_blocks_identity(harness.adapt(tiny_deit(), method, "low")).eval()

@@ -91,6 +91,10 @@ def test_explicit_options_override_a_preset_and_take_what_goes_with_them():
                                    explicit={"epochs", "methods", "lr_schedule"})
     assert options["epochs"] == 5 and options["methods"] == "lora" and options["lr"] == 1e-3
     assert options["lr_schedule"] == "per_step" and train["eval_first"] == 1
+    deit = presets.paper_presets()["pyra-deit-b"]
+    assert expand_preset(deit, defaults, explicit=set())[1]["distilled_loss"] == "class_head"
+    # the class head alone is DeiT's recipe: another backbone drops it
+    assert "distilled_loss" not in expand_preset(deit, defaults, explicit={"backbone"})[1]
     assert options["compression"] is None and "warmup_epochs" not in train and "eval_every" not in train
     assert options["warmup_epochs"] is None and train["warmup_lr"] == 1e-6
 

@@ -72,6 +72,15 @@ def test_flatten_gives_one_flat_row():
     assert row["env_torch"] == "2.x" and not any(isinstance(value, (dict, list)) for value in row.values())
 
 
+def test_a_row_recorded_before_a_training_setting_existed_says_it_ran_at_its_default():
+    config = _config(train=TrainConfig(epochs=3, eval_first=1)).to_dict()
+    for added in ("lr_schedule", "distilled_loss"):
+        del config["train"][added]
+    row = flatten({"key": "old", "config": config, "status": "ok"})
+    assert (row["train_lr_schedule"], row["train_distilled_loss"], row["train_eval_first"]) == \
+        ("per_step", "average", 1)
+
+
 def test_flatten_carries_what_the_record_says_of_its_method_and_task():
     config = _config()
     record = {"key": config.key, "config": config.to_dict(), "status": "ok", "schema": 2,

@@ -8,7 +8,9 @@ from torch import nn
 
 from . import registry
 from .errors import UserError
-from .vocabulary import is_uncompressed
+from .vocabulary import NONE, is_uncompressed
+
+ADAPTED_BY = "adaptbench_adapted_by"  # the adapted model's {"method", "compression"}: an adapter file must match it
 
 
 def adapt(model: nn.Module, method: str, compression: object = None, **options) -> nn.Module:
@@ -29,7 +31,10 @@ def adapt(model: nn.Module, method: str, compression: object = None, **options) 
         raise UserError(f"method '{method}' has no option {', '.join(unknown)}; its options: "
                         f"{', '.join(valid) or 'none'}")
     adapted = spec.fn(model, compression=None if is_uncompressed(compression) else compression, **options)
-    return model if adapted is None else adapted
+    adapted = model if adapted is None else adapted
+    setattr(adapted, ADAPTED_BY, {"method": method,
+                                  "compression": NONE if is_uncompressed(compression) else str(compression)})
+    return adapted
 
 
 def record_info(model: nn.Module, **facts: object) -> None:

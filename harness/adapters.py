@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .adapt import ADAPTED_BY
 from .errors import UserError
 from .store import ADAPTER_SUFFIX, replace_atomically
 
@@ -126,7 +127,15 @@ def _first_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor], facts: d
             return (f"parameter {name} is {tuple(tensor.shape)} in the file, {tuple(params[name].shape)} in the "
                     f"model (other adapt options, e.g. a LoRA rank?)")
     missing = next((name for name, param in params.items() if param.requires_grad and name not in tensors), None)
-    return None if missing is None else f"the model trains {missing}, which the file lacks"
+    if missing is not None:
+        return f"the model trains {missing}, which the file lacks"
+    # The same parameters may compute another function: lora's file on a tome model, tome's low on its high. A
+    # model with a restore hook gets its level's facts back from the file, so its own level does not count.
+    adapted = getattr(model, ADAPTED_BY, {})
+    for key in ("method", "compression") if not own["restore_hook"] else ("method",):
+        if facts.get(key) and adapted and facts[key] != adapted[key]:
+            return f"it was trained with {key} {facts[key]} and the model was adapted with {adapted[key]}"
+    return None
 
 
 def load_adapter(model: nn.Module, path: Path) -> nn.Module:
@@ -144,8 +153,9 @@ def load_adapter(model: nn.Module, path: Path) -> nn.Module:
     docstring) puts the saved ones back, so a method may document a cheaper way to adapt the fresh model.
 
     Strict: the file's architecture, input size, classes and restore hook must be the model's, every tensor in it
-    must be a parameter of the model with the same shape, and every trainable parameter of the model must be in
-    it; otherwise a one-line :class:`UserError` names the first mismatch and how to build the right model.
+    must be a parameter of the model with the same shape, every trainable parameter of the model must be in it,
+    and its method and level must be those :func:`harness.adapt` applied (the level only for a model without a
+    restore hook, which puts the file's level back itself); otherwise a one-line :class:`UserError` names the first mismatch and how to build the right model.
     """
     path = Path(path)
     facts = read_adapter_facts(path)

@@ -123,6 +123,7 @@ def lora_file(tmp_path_factory):
     ("lora", "none", {"rank": 8}, "parameter blocks.0.attn.qkv.lora_A.weight is (4, 96) in the file, (8, 96)"),
     ("diffrate", "none", {}, "its restore hook is nothing and the model's DiffRate"),  # same parameters as lora
     ("small_peft", "none", {}, f"it holds weights of {BIG} and the model is {NEXT_SMALLER}"),
+    ("tome", "high", {}, "it was trained with method lora and the model was adapted with tome"),  # same parameters
 ])
 def test_an_adapter_that_does_not_fit_is_one_line_naming_the_mismatch(lora_file, method, level, options, message):
     with pytest.raises(harness.UserError) as error:
@@ -130,6 +131,14 @@ def test_an_adapter_that_does_not_fit_is_one_line_naming_the_mismatch(lora_file,
     text = str(error.value)
     assert "\n" not in text and message in text and "lora.adapter.safetensors" in text
     assert f"harness.create_backbone('{BIG}', {CLASSES}, img_size=32), then harness.adapt(model, 'lora'" in text
+
+
+def test_a_token_merging_adapter_loads_only_at_the_level_it_was_trained_at(tmp_path):
+    path = harness.save_adapter(adapted("tome", "low"), tmp_path / "tome.adapter.safetensors",
+                                {"method": "tome", "compression": "low", "backbone": BIG})
+    with pytest.raises(harness.UserError, match="trained with compression low and the model was adapted with high"):
+        harness.load_adapter(adapted("tome", "high"), path)
+    harness.load_adapter(adapted("tome", "low"), path)
 
 
 def test_a_file_that_is_no_adapter_is_one_line(tmp_path):

@@ -68,7 +68,11 @@ class Checkpointer:
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none; an unreadable file or another run's is passed over (and
-        said so), and the run starts from its first epoch."""
+        said so), and the run starts from its first epoch. A temporary that a process killed while saving left
+        behind (a whole model's state) is removed: only the run that owns the checkpoint loads it."""
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+            self.log(f"  removed {stale.name}, a checkpoint left half-written by a killed run")
         if not self.path.exists():
             return None
         try:

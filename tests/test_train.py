@@ -167,3 +167,18 @@ def test_a_checkpoint_keeps_only_the_runs_own_cuda_generator(monkeypatch):
     restore_rng(rng_state(None, device), None, device)
     assert calls == [("get", device), ("set", device)]
     assert rng_state(None, torch.device("cpu"))["cuda"] is None
+
+
+def test_loading_a_checkpoint_removes_the_temporary_a_killed_save_left_and_no_other_runs(tmp_path):
+    from harness.checkpoint import Checkpointer
+
+    own, other = tmp_path / ".run.checkpoint.pt.k1ll3d.tmp", tmp_path / ".other.checkpoint.pt.k1ll3d.tmp"
+    own.write_bytes(b"half a state"), other.write_bytes(b"another run's save in progress")
+    said = []
+    checkpoint = Checkpointer(tmp_path / "run.checkpoint.pt", 1, "key", said.append)
+    assert checkpoint.load() is None
+    assert not own.exists() and other.exists() and said == [f"  removed {own.name}, a checkpoint left half-written "
+                                                            f"by a killed run"]
+    checkpoint.save({"epoch": 1})
+    assert checkpoint.load()["epoch"] == 1 and sorted(path.name for path in tmp_path.iterdir()) == \
+        [other.name, "run.checkpoint.pt"]

@@ -399,7 +399,8 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
         expected = {} if no_estimate or not timeable else estimate(todo, task_data, resolved_device)
     except EstimateUnavailable as exc:
         expected, unestimated = {}, str(exc)
-    guess = f"estimated {describe(sum(expected.values()))}" if expected else \
+    parallel = jobs if executor == "local" else 1
+    guess = _estimate_phrase(sum(expected.values()), parallel) if expected else \
         f"not estimated ({unestimated})" if unestimated else "not estimated"
     if dry_run:
         _print_plan(configs, store, expected, resolved_device, unestimated)
@@ -412,7 +413,6 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     options = RunOptions(save_adapters=not no_save_adapters, checkpoint_every=checkpoint_every, timeout=timeout,
                          rerun=rerun)
     plugin_paths = [str(Path(source).resolve()) if source.endswith(".py") else source for source in plugin_sources]
-    parallel = jobs if executor == "local" else 1
     progress = SweepProgress(configs, expected, parallel, log=click.echo)
     click.echo(f"Running {len(configs)} run(s) on {resolved_device} with {os.cpu_count()} CPU core(s) "
                f"({executor} executor{f', {jobs} jobs' if parallel > 1 else ''}), {guess} for the {len(todo)} not "
@@ -442,6 +442,13 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
         click.echo(f"\nReport of {out}/ (python run.py report {out}):")
         _report((out,), None, (), None, False, "best", MATCH_TOLERANCE, paper, ())
     return 1 if failed else 0
+
+
+def _estimate_phrase(seconds: float, parallel: int) -> str:
+    """The estimate as the wall time it is compared with: the runs' sum, shared out over ``parallel`` jobs."""
+    if parallel == 1:
+        return f"estimated {describe(seconds)}"
+    return f"estimated {describe(seconds / parallel)} over {parallel} jobs ({describe(seconds)} one after another)"
 
 
 def _slurm_settings(partition: str | None, time_limit: str, gpus: int, cpus: int | None, parallelism: int,

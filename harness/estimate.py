@@ -14,7 +14,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -75,14 +75,31 @@ def timing_batches(device: torch.device, batch: int) -> tuple[list[int], int]:
     return counts, counts[-1]
 
 
+class _CountedBatches:
+    """The timing's ``train_data``: one small batch, re-iterable, counting the batches a method reads while it
+    adapts (a rate search reads one per step)."""
+
+    def __init__(self, batch: torch.Tensor) -> None:
+        self.batch, self.read = batch, 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        self.read += 1
+        yield self.batch
+
+
 def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Timing:
-    """Adapt a random-init model as ``config`` says and time its steps on random images."""
+    """Adapt a random-init model as ``config`` says and time its steps on random images.
+
+    Where the timing batch is smaller than the run's (on a CPU), each batch the method read while adapting is
+    charged what a training step gains from the timing batch to the run's: a search step costs about a training
+    step, and the run's search reads batches of the run's size."""
     synchronize = device_synchronizer(device)
     size, batch = config.data.img_size, config.train.batch_size
     counts, infer_count = timing_batches(device, batch)
     batches = [_batch(size, count, num_classes) for count in counts]
     normalize = Normalize(config.data.mean, config.data.std, device)
-    context = {"train_data": [normalize(batches[0][0])], "measure": QUICK_TIMING}
+    train_data = _CountedBatches(normalize(batches[0][0]))
+    context = {"train_data": train_data, "measure": QUICK_TIMING}
     spec = registry.get_method(config.method)
     model = create_backbone(config.backbone, num_classes, pretrained=False, img_size=size).to(device)
     started = time.perf_counter()
@@ -100,7 +117,9 @@ def time_model(config: RunConfig, num_classes: int, device: torch.device) -> Tim
     with torch.inference_mode(), autocast(device, config.train.precision):
         model(normalize(images))
         infer = min(_timed(lambda: model(normalize(images)), synchronize) for _ in range(TIMED_STEPS))
-    return Timing(adapt_seconds, _extend(counts, steps, batch), infer / infer_count)
+    step_seconds = _extend(counts, steps, batch)
+    adapt_seconds += train_data.read * max(0.0, step_seconds - steps[0])
+    return Timing(adapt_seconds, step_seconds, infer / infer_count)
 
 
 def _extend(counts: list[int], seconds: list[float], batch: int) -> float:

@@ -84,6 +84,24 @@ def test_a_gpu_is_timed_at_the_runs_own_batches_a_cpu_at_small_ones():
     assert estimates.timing_batches(torch.device("cpu"), 6) == ([4, 6], 6)
 
 
+def test_a_search_while_adapting_is_charged_at_the_runs_batch_where_a_smaller_one_was_timed(monkeypatch):
+    """On a CPU the timing's search reads batches of 4 images; the run's reads batches of 32: each batch read
+    is charged what a training step gains from 4 to 32 images (here 2 s of the stubbed 3 s step)."""
+    import dataclasses
+    import inspect
+
+    import harness
+
+    harness.load_plugins()
+    monkeypatch.setattr(estimates, "_timed", lambda fn, synchronize: 1.0)
+    monkeypatch.setattr(estimates, "_extend", lambda counts, seconds, batch: 3.0)
+    searched = estimates.time_model(dataclasses.replace(config("diffrate"), compression="high"), 3,
+                                    torch.device("cpu"))
+    plain = estimates.time_model(config("lora"), 3, torch.device("cpu"))
+    steps = inspect.signature(harness.registry.get_method("diffrate").fn).parameters["search_steps"].default
+    assert steps * 2.0 <= searched.adapt_seconds < steps * 2.0 + 30 and plain.adapt_seconds < 30
+
+
 def test_the_inference_time_is_per_image_of_the_batch_timed(monkeypatch):
     timed_batches = []
     make_batch = estimates._batch

@@ -320,6 +320,12 @@ def train_epoch(trainer: Trainer, loader: Iterable, schedule: Schedule, first_st
     return loss_sum, images_seen
 
 
+def _fits(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is a state of ``model``'s structure: the same tensors, of the same shapes."""
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(tuple(own[name].shape) == tuple(state[name].shape) for name in own)
+
+
 def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, config: TrainConfig,
         log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] = lambda entry: None,
         val_loader: DataLoader | None = None, checkpoint: Checkpointer | None = None,
@@ -350,6 +356,11 @@ def fit(trainer: Trainer, train_loader: DataLoader, test_loader: DataLoader, con
                 "curve": []}
     generator = getattr(train_loader, "generator", None)
     saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None and not _fits(trainer.model, saved["trainer"]["model"]):
+        # a method whose choice is timed (a speed match) may pick another model on the rerun: that state cannot go on
+        log(f"  checkpoint {checkpoint.path.name} holds another model's state (the method adapted another model "
+            f"this time); starting afresh")
+        saved = None
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
         restore_rng(saved["rng"], generator, trainer.device)

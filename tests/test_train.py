@@ -182,3 +182,20 @@ def test_loading_a_checkpoint_removes_the_temporary_a_killed_save_left_and_no_ot
     checkpoint.save({"epoch": 1})
     assert checkpoint.load()["epoch"] == 1 and sorted(path.name for path in tmp_path.iterdir()) == \
         [other.name, "run.checkpoint.pt"]
+
+
+def test_a_checkpoint_of_another_model_is_passed_over_and_the_run_trains_from_its_first_epoch(tmp_path):
+    """A speed match may choose another small model on the rerun: its state would fail to load (or, partly
+    loaded, mix two models), so the run starts afresh and says why."""
+    from harness.checkpoint import Checkpointer
+
+    said = []
+    checkpoint = Checkpointer(tmp_path / "run.checkpoint.pt", 1, "key", said.append)
+    other = ScriptedTrainer({"test": []})
+    other.model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 2, 5))
+    checkpoint.save({"trainer": other.state_dict(), "rng": None, "progress": {"epoch": 1}})
+    config = TrainConfig(epochs=2, warmup_epochs=0, eval_every=1)
+    result = fit(ScriptedTrainer({"test": [1.0, 2.0]}), TRAIN_BATCHES, "test", config, log=said.append,
+                 checkpoint=checkpoint)
+    assert [entry["epoch"] for entry in result.curve] == [1, 2]
+    assert any("holds another model's state" in line and "starting afresh" in line for line in said)

@@ -13,6 +13,7 @@ the method itself: a method whose model carries such facts gives it an ``adaptbe
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import registry
 from .adapt import ADAPTED_BY
 from .errors import UserError
 from .store import ADAPTER_SUFFIX, replace_atomically
@@ -104,10 +106,17 @@ def read_adapter_facts(path: Path) -> dict[str, str]:
 
 
 def _rebuild_hint(facts: dict[str, str]) -> str:
+    """How to build the model the file fits; a recorded fact named like one of the method's options is passed as
+    that option (a method records its choice under its option's name to make the rebuild exact)."""
     backbone = facts.get("backbone") or facts.get("architecture")
+    try:
+        options = inspect.signature(registry.get_method(facts.get("method", "")).fn).parameters
+    except UserError:  # a plugin not loaded here: the hint names no options
+        options = {}
+    chosen = "".join(f", {name}='{facts[name]}'" for name in options if name in facts)
     return (f"build the model it records first: harness.create_backbone('{backbone}', "
             f"{facts.get('num_classes')}, img_size={facts.get('img_size')}), then harness.adapt(model, "
-            f"'{facts.get('method')}', '{facts.get('compression')}') with the run's options")
+            f"'{facts.get('method')}', '{facts.get('compression')}'{chosen}) with the run's options")
 
 
 def _first_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor], facts: dict[str, str]) -> str | None:
@@ -148,7 +157,8 @@ def load_adapter(model: nn.Module, path: Path) -> nn.Module:
         model = harness.load_adapter(harness.adapt(model, facts["method"], facts["compression"]), path)
 
     A method that swaps the backbone (``architecture`` is then not ``backbone``'s) returns the swapped one again
-    where its choice is deterministic; another choice is refused below. Choices that are not parameters (a
+    where its choice is deterministic; another choice is refused below, and a choice the method recorded under
+    one of its option's names is passed as that option in the error's hint. Choices that are not parameters (a
     searched schedule) need not be made again the same way: the model's ``adaptbench_restore(facts)`` (module
     docstring) puts the saved ones back, so a method may document a cheaper way to adapt the fresh model.
 

@@ -9,6 +9,10 @@ holds for the figures the report compares, in interleaved rounds (:data:`MATCH_R
 hits every model alike. They do not depend on the task (only the head's width differs), so
 a process times each (backbone, input size, level, timing settings, device) once and its later runs reuse the
 figures (:data:`MATCHES`); a fresh process (``--executor local``) times them again.
+
+``small_backbone`` names the smaller backbone to take instead, with no match timed: a run's adapter file
+records its choice under that name, so ``harness.adapt(model, "small_peft", level, small_backbone=...)`` rebuilds
+the run's model exactly (the hint of :func:`harness.load_adapter` says so).
 """
 from __future__ import annotations
 
@@ -84,15 +88,20 @@ def _interleaved_throughputs(models: dict[str, nn.Module], settings: MeasureConf
 @harness.register_method("small_peft", compresses=True, role="small-model baseline", order=5,
                          context=("measure",))
 def small_peft(model: nn.Module, compression: object = None, rank: int | None = None, dropout: float = 0.1,
-               measure: MeasureConfig = MeasureConfig()) -> nn.Module:
-    """LoRA on a smaller backbone: the next smaller one, or the one matching the compressed model's speed."""
+               measure: MeasureConfig = MeasureConfig(), small_backbone: str | None = None) -> nn.Module:
+    """LoRA on a smaller backbone: the next smaller one, the one matching the compressed model's speed, or the
+    one ``small_backbone`` names."""
     candidates = smaller_backbones(model)
+    if small_backbone is not None and small_backbone not in candidates:
+        raise harness.UserError(f"small_peft: small_backbone '{small_backbone}' is not smaller than "
+                                f"'{model.pretrained_cfg.get('architecture')}' in its family; take one of "
+                                f"{', '.join(candidates)}")
     if next(model.parameters()).is_meta:  # the runner's planning pass: check the level, load and time nothing
         resolve_schedule(model, compression)
         return model
     info = {"reference_backbone": model.pretrained_cfg.get("architecture")}
-    if compression is None:
-        chosen = _like(model, candidates[0])
+    if compression is None or small_backbone is not None:
+        chosen = _like(model, small_backbone or candidates[0])
     else:
         device = next(model.parameters()).device
         # The timing models draw random weights and inputs; the chosen model must start as the seed alone says.

@@ -14,6 +14,7 @@ from harness import runner, worker
 from harness import store as store_module
 from harness.cli import main
 from harness.config import RunConfig
+from harness.measure import MeasureConfig
 from harness.store import STATUS_FAILED, STATUS_OK, RunStore
 from harness.train import TrainConfig
 
@@ -139,6 +140,23 @@ def test_a_token_merging_adapter_loads_only_at_the_level_it_was_trained_at(tmp_p
     with pytest.raises(harness.UserError, match="trained with compression low and the model was adapted with high"):
         harness.load_adapter(adapted("tome", "high"), path)
     harness.load_adapter(adapted("tome", "low"), path)
+
+
+def test_a_speed_matched_small_model_is_rebuilt_from_the_choice_its_file_records(tmp_path):
+    """small_peft at a level times a match to choose its model; the file records the choice under the option's
+    name, the hint passes it, and the rebuilt model gives the run's logits without timing anything."""
+    trained = train_a_little(adapted("small_peft", "high", measure=MeasureConfig(
+        batches=(2,), warmup_iters=1, warmup_seconds=0.0, repeats=1, iters_per_repeat=1)))
+    path = harness.save_adapter(trained, tmp_path / "small.adapter.safetensors",
+                                {"method": "small_peft", "compression": "high", "backbone": BIG})
+    facts = harness.read_adapter_facts(path)
+    others = [name for name in (SMALL, NEXT_SMALLER) if name != facts["small_backbone"]]
+    with pytest.raises(harness.UserError, match=f"small_backbone='{facts['small_backbone']}'"):
+        harness.load_adapter(adapted("small_peft", "high", seed=1, small_backbone=others[0]), path)
+    fresh = adapted("small_peft", "high", seed=1, small_backbone=facts["small_backbone"])
+    torch.testing.assert_close(logits(harness.load_adapter(fresh, path)), logits(trained), rtol=1e-6, atol=1e-6)
+    with pytest.raises(harness.UserError, match=f"small_backbone '{BIG}' is not smaller than '{BIG}'"):
+        adapted("small_peft", "high", small_backbone=BIG)
 
 
 def test_a_file_that_is_no_adapter_is_one_line(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Callable
 
 from torch import nn
@@ -32,8 +33,9 @@ def adapt(model: nn.Module, method: str, compression: object = None, **options) 
                         f"{', '.join(valid) or 'none'}")
     adapted = spec.fn(model, compression=None if is_uncompressed(compression) else compression, **options)
     adapted = model if adapted is None else adapted
-    setattr(adapted, ADAPTED_BY, {"method": method,
-                                  "compression": NONE if is_uncompressed(compression) else str(compression)})
+    level = NONE if is_uncompressed(compression) else compression if isinstance(compression, str) else \
+        json.dumps(compression, default=str)  # as an adapter file's header writes it
+    setattr(adapted, ADAPTED_BY, {"method": method, "compression": level})
     return adapted
 
 

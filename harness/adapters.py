@@ -27,6 +27,7 @@ from . import registry
 from .adapt import ADAPTED_BY
 from .errors import UserError
 from .store import ADAPTER_SUFFIX, replace_atomically
+from .vocabulary import NONE
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -110,9 +111,12 @@ def _rebuild_hint(facts: dict[str, str]) -> str:
     that option (a method records its choice under its option's name to make the rebuild exact)."""
     backbone = facts.get("backbone") or facts.get("architecture")
     try:
-        options = inspect.signature(registry.get_method(facts.get("method", "")).fn).parameters
+        spec = registry.get_method(facts.get("method", ""))
     except UserError:  # a plugin not loaded here: the hint names no options
-        options = {}
+        options = []
+    else:  # the method's own options: not the model, the level (given already) or what the run hands it
+        options = [name for name in inspect.signature(spec.fn).parameters
+                   if name not in ("model", "compression", *spec.context)]
     chosen = "".join(f", {name}='{facts[name]}'" for name in options if name in facts)
     return (f"build the model it records first: harness.create_backbone('{backbone}', "
             f"{facts.get('num_classes')}, img_size={facts.get('img_size')}), then harness.adapt(model, "
@@ -142,7 +146,8 @@ def _first_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor], facts: d
     # model with a restore hook gets its level's facts back from the file, so its own level does not count.
     adapted = getattr(model, ADAPTED_BY, {})
     for key in ("method", "compression") if not own["restore_hook"] else ("method",):
-        if facts.get(key) and adapted and facts[key] != adapted[key]:
+        recorded = NONE if facts.get(key) == "null" else facts.get(key)  # a Python caller's None, as JSON
+        if recorded and adapted and recorded != adapted[key]:
             return f"it was trained with {key} {facts[key]} and the model was adapted with {adapted[key]}"
     return None
 
@@ -165,7 +170,8 @@ def load_adapter(model: nn.Module, path: Path) -> nn.Module:
     Strict: the file's architecture, input size, classes and restore hook must be the model's, every tensor in it
     must be a parameter of the model with the same shape, every trainable parameter of the model must be in it,
     and its method and level must be those :func:`harness.adapt` applied (the level only for a model without a
-    restore hook, which puts the file's level back itself); otherwise a one-line :class:`UserError` names the first mismatch and how to build the right model.
+    restore hook, which puts the file's level back itself); otherwise a one-line :class:`UserError` names the first
+    mismatch and how to build the right model.
     """
     path = Path(path)
     facts = read_adapter_facts(path)

@@ -400,10 +400,11 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     except EstimateUnavailable as exc:
         expected, unestimated = {}, str(exc)
     parallel = jobs if executor == "local" else 1
-    guess = _estimate_phrase(sum(expected.values()), parallel) if expected else \
+    sharing = max(1, min(parallel, len(todo)))  # fewer runs than jobs leave jobs idle
+    guess = f"estimated {_estimated_time(sum(expected.values()), sharing)}" if expected else \
         f"not estimated ({unestimated})" if unestimated else "not estimated"
     if dry_run:
-        _print_plan(configs, store, expected, resolved_device, unestimated)
+        _print_plan(configs, store, expected, resolved_device, unestimated, sharing)
         if slurm is not None:
             from .slurm import sbatch_script
 
@@ -444,11 +445,11 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     return 1 if failed else 0
 
 
-def _estimate_phrase(seconds: float, parallel: int) -> str:
+def _estimated_time(seconds: float, parallel: int) -> str:
     """The estimate as the wall time it is compared with: the runs' sum, shared out over ``parallel`` jobs."""
     if parallel == 1:
-        return f"estimated {describe(seconds)}"
-    return f"estimated {describe(seconds / parallel)} over {parallel} jobs ({describe(seconds)} one after another)"
+        return describe(seconds)
+    return f"{describe(seconds / parallel)} over {parallel} jobs ({describe(seconds)} one after another)"
 
 
 def _slurm_settings(partition: str | None, time_limit: str, gpus: int, cpus: int | None, parallelism: int,
@@ -460,7 +461,7 @@ def _slurm_settings(partition: str | None, time_limit: str, gpus: int, cpus: int
 
 
 def _print_plan(configs: list[RunConfig], store: RunStore, expected: dict[str, float], device: torch.device,
-                unestimated: str | None) -> None:
+                unestimated: str | None, parallel: int = 1) -> None:
     """The plan, each run with its estimate and its state in the output folder."""
     from .status import plan_states, tally
 
@@ -468,7 +469,8 @@ def _print_plan(configs: list[RunConfig], store: RunStore, expected: dict[str, f
     click.echo("\n".join(describe_plan(configs, expected, states)))
     click.echo(f"In {store.folder}/: {tally([state for state, _ in states.values()])}")
     if expected:
-        click.echo(f"Estimated wall time on {device}: {describe(sum(expected.values()))} for {len(configs)} run(s), "
+        click.echo(f"Estimated wall time on {device}: {_estimated_time(sum(expected.values()), parallel)} for "
+                   f"{len(configs)} run(s), "
                    f"from a few timed steps of each distinct model (decoding and warm-up not included)")
     elif unestimated:
         click.echo(f"Not estimated: {unestimated}.")

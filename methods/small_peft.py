@@ -101,7 +101,7 @@ def small_peft(model: nn.Module, compression: object = None, rank: int | None = 
         return model
     info = {"reference_backbone": model.pretrained_cfg.get("architecture")}
     if compression is None or small_backbone is not None:
-        chosen = _like(model, small_backbone or candidates[0])
+        small_name = small_backbone or candidates[0]
     else:
         device = next(model.parameters()).device
         # The timing models draw random weights and inputs; the chosen model must start as the seed alone says.
@@ -115,12 +115,12 @@ def small_peft(model: nn.Module, compression: object = None, rank: int | None = 
                 timed = _interleaved_throughputs(models, measure)
                 MATCHES[key] = (timed.pop(COMPRESSED), timed)
         target, timed = MATCHES[key]
-        best = min(timed, key=lambda name: abs(timed[name] / target - 1))
-        chosen = _like(model, best)
-        info.update(matched_throughput_ratio=timed[best] / target, compressed_reference_img_per_s=target,
+        small_name = min(timed, key=lambda candidate: abs(timed[candidate] / target - 1))
+        info.update(matched_throughput_ratio=timed[small_name] / target, compressed_reference_img_per_s=target,
                     matched_method=MATCHED_METHOD)
+    chosen = _like(model, small_name)
     harness.adapt(chosen, "lora", rank=rank, dropout=dropout)
     lora_params = sum(p.numel() for name, p in chosen.named_parameters() if ".lora_" in name)
-    harness.record_info(chosen, small_backbone=chosen.pretrained_cfg.get("architecture"), added_params=lora_params,
-                        **info)
+    # the known name (with its weights' tag), which small_backbone takes: the row says which weights it trained
+    harness.record_info(chosen, small_backbone=small_name, added_params=lora_params, **info)
     return chosen

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
@@ -140,6 +141,9 @@ def test_a_token_merging_adapter_loads_only_at_the_level_it_was_trained_at(tmp_p
     with pytest.raises(harness.UserError, match="trained with compression low and the model was adapted with high"):
         harness.load_adapter(adapted("tome", "high"), path)
     harness.load_adapter(adapted("tome", "low"), path)
+    uncompressed = harness.save_adapter(adapted("lora"), tmp_path / "lora.adapter.safetensors",
+                                        {"method": "lora", "compression": None})  # the Python API's no level
+    harness.load_adapter(adapted("lora"), uncompressed)
 
 
 def test_a_speed_matched_small_model_is_rebuilt_from_the_choice_its_file_records(tmp_path):
@@ -151,12 +155,16 @@ def test_a_speed_matched_small_model_is_rebuilt_from_the_choice_its_file_records
                                 {"method": "small_peft", "compression": "high", "backbone": BIG})
     facts = harness.read_adapter_facts(path)
     others = [name for name in (SMALL, NEXT_SMALLER) if name != facts["small_backbone"]]
-    with pytest.raises(harness.UserError, match=f"small_backbone='{facts['small_backbone']}'"):
+    with pytest.raises(harness.UserError, match=f"small_backbone='{facts['small_backbone']}'") as error:
         harness.load_adapter(adapted("small_peft", "high", seed=1, small_backbone=others[0]), path)
+    assert "harness.adapt(model, 'small_peft', 'high', small_backbone=" in str(error.value)  # a call that runs
     fresh = adapted("small_peft", "high", seed=1, small_backbone=facts["small_backbone"])
     torch.testing.assert_close(logits(harness.load_adapter(fresh, path)), logits(trained), rtol=1e-6, atol=1e-6)
     with pytest.raises(harness.UserError, match=f"small_backbone '{BIG}' is not smaller than '{BIG}'"):
         adapted("small_peft", "high", small_backbone=BIG)
+    with torch.device("meta"):  # a hub family's choice is its known name, weights tag included
+        big = timm.create_model("vit_base_patch16_224.orig_in21k", pretrained=False, num_classes=CLASSES)
+        harness.adapt(big, "small_peft", "high", small_backbone="vit_small_patch16_224.augreg_in21k")
 
 
 def test_a_file_that_is_no_adapter_is_one_line(tmp_path):

@@ -128,10 +128,10 @@ def test_the_dry_run_prints_the_estimate_and_the_run_compares_it_with_the_truth(
 
 
 def test_with_parallel_jobs_the_estimate_compared_with_the_wall_time_is_shared_out_over_them():
-    from harness.cli import _estimate_phrase
+    from harness.cli import _estimated_time
 
-    assert _estimate_phrase(600.0, 1) == "estimated 10 min"
-    assert _estimate_phrase(600.0, 2) == "estimated 5 min over 2 jobs (10 min one after another)"
+    assert _estimated_time(600.0, 1) == "10 min"
+    assert _estimated_time(600.0, 2) == "5 min over 2 jobs (10 min one after another)"
 
 
 def test_cpu_steps_are_extended_along_the_line_through_two_small_batches():

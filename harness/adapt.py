@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import inspect
-import json
 from typing import Callable
 
 from torch import nn
 
 from . import registry
 from .errors import UserError
-from .vocabulary import NONE, is_uncompressed
+from .vocabulary import is_uncompressed
 
 ADAPTED_BY = "adaptbench_adapted_by"  # the adapted model's {"method", "compression"}: an adapter file must match it
 
@@ -33,9 +32,7 @@ def adapt(model: nn.Module, method: str, compression: object = None, **options) 
                         f"{', '.join(valid) or 'none'}")
     adapted = spec.fn(model, compression=None if is_uncompressed(compression) else compression, **options)
     adapted = model if adapted is None else adapted
-    level = NONE if is_uncompressed(compression) else compression if isinstance(compression, str) else \
-        json.dumps(compression, default=str)  # as an adapter file's header writes it
-    setattr(adapted, ADAPTED_BY, {"method": method, "compression": level})
+    setattr(adapted, ADAPTED_BY, {"method": method, "compression": compression})
     return adapted
 
 

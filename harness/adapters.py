@@ -27,7 +27,7 @@ from . import registry
 from .adapt import ADAPTED_BY
 from .errors import UserError
 from .store import ADAPTER_SUFFIX, replace_atomically
-from .vocabulary import NONE
+from .vocabulary import NONE, is_uncompressed
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -47,6 +47,12 @@ def _restore_hook(model: nn.Module) -> str:
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _level(level: object) -> str:
+    """A compression level as a header holds it (:func:`_text`); no compression, a Python caller's None (``null``
+    in a header) included, is ``none``."""
+    return NONE if is_uncompressed(level) or level == "null" else _text(level)
 
 
 def model_facts(model: nn.Module) -> dict[str, str]:
@@ -144,11 +150,15 @@ def _first_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor], facts: d
         return f"the model trains {missing}, which the file lacks"
     # The same parameters may compute another function: lora's file on a tome model, tome's low on its high. A
     # model with a restore hook gets its level's facts back from the file, so its own level does not count.
-    adapted = getattr(model, ADAPTED_BY, {})
-    for key in ("method", "compression") if not own["restore_hook"] else ("method",):
-        recorded = NONE if facts.get(key) == "null" else facts.get(key)  # a Python caller's None, as JSON
-        if recorded and adapted and recorded != adapted[key]:
-            return f"it was trained with {key} {facts[key]} and the model was adapted with {adapted[key]}"
+    adapted = getattr(model, ADAPTED_BY, None)
+    if adapted is None:
+        return None
+    checked = {"method": (facts.get("method"), adapted["method"])}
+    if not own["restore_hook"] and facts.get("compression"):
+        checked["compression"] = (_level(facts["compression"]), _level(adapted["compression"]))
+    for key, (recorded, applied) in checked.items():
+        if recorded and recorded != applied:
+            return f"it was trained with {key} {facts[key]} and the model was adapted with {applied}"
     return None
 
 

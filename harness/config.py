@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .measure import MeasureConfig
-from .train import TrainConfig
+from .train import TrainConfig, later_defaults
 from .vocabulary import is_uncompressed
 
 
@@ -34,8 +34,9 @@ def _keyed_fields(value: object) -> object:
     default: such a field came after runs were recorded, and at its default it describes what they did."""
     if not dataclasses.is_dataclass(value):
         return value
+    later = later_defaults(type(value))
     return {item.name: _keyed_fields(getattr(value, item.name)) for item in dataclasses.fields(value)
-            if not (item.metadata.get("keyed_when_set") and getattr(value, item.name) == item.default)}
+            if not (item.name in later and getattr(value, item.name) == later[item.name])}
 
 
 def _tuples(fields: dict) -> dict:

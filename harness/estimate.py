@@ -130,8 +130,6 @@ def _extend(counts: list[int], seconds: list[float], batch: int) -> float:
     return max(seconds[1], seconds[1] + per_image * (batch - counts[1]))
 
 
-
-
 def _measurement_seconds(settings: MeasureConfig, per_image: float) -> float:
     """The inference measurement's own duration: warm-up and timed repeats at every batch of the sweep."""
     total = 0.0

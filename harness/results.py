@@ -4,7 +4,6 @@ Where records live and how they are written is :mod:`harness.store`'s business.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import platform
@@ -17,7 +16,7 @@ import timm
 import torch
 
 from .registry import _REPO_ROOT
-from .train import TrainConfig
+from .train import TrainConfig, later_defaults
 
 # Columns shown in the end-of-run table, in order; the CSV has every column.
 TABLE_COLUMNS = {
@@ -74,8 +73,7 @@ def environment(device: torch.device, cpu_allocator: str) -> dict:
 
 # A run recorded before a training setting existed ran at that setting's default (the ones marked keyed_when_set),
 # so its row says so rather than leaving the column empty.
-LATER_TRAIN_DEFAULTS = {item.name: item.default for item in dataclasses.fields(TrainConfig)
-                        if item.metadata.get("keyed_when_set")}
+LATER_TRAIN_DEFAULTS = later_defaults(TrainConfig)
 
 
 def flatten(record: dict) -> dict:

@@ -26,6 +26,7 @@ evaluation and everything after training use the module itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ LR_SCHEDULES = ("per_step", "per_epoch_lagged")  # TrainConfig.lr_schedule: lear
 # Settings added after run files were published: at their default a run's key leaves them out, so every run
 # recorded before they existed keeps its key (and its file) — see harness.config.RunConfig.key.
 KEYED_WHEN_SET = {"keyed_when_set": True}
+
+
+def later_defaults(cls: type) -> dict[str, object]:
+    """The defaults of the dataclass ``cls``'s fields marked :data:`KEYED_WHEN_SET`, by name."""
+    return {item.name: item.default for item in dataclasses.fields(cls) if item.metadata.get("keyed_when_set")}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ and budgets, to test the script on a CPU):
   coefficient of variation;
 - agreement: each inference model's fp32 logits on the device against the same weights on the CPU (16 random
   images), so that a device kernel computing another function (the fused attention with the size bias, the
-  merge) shows;
+  merge) shows; and its bf16 logits through the device's default attention kernels against the math kernel's;
 - where a forward's time goes: full, tome and pyra at high in bf16 at batch 256, the host's time to issue a
   forward against the time to finish it, the device's kernels, and each aten op's device time in one profiled
   forward (``torch.profiler``), grouped (matmul, attention, casts, matching and merge...): if the speed-up target
@@ -77,6 +77,7 @@ PROCESS_STARTED = time.perf_counter()  # before torch's import: the deadline and
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from packaging.requirements import Requirement  # noqa: E402  (huggingface_hub's, and so timm's, requirement)
 from tabulate import tabulate  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
@@ -125,6 +126,13 @@ COMPILED_RESERVE_S = 120.0
 # and scatters) compute the same function. Agreeing: within AGREEMENT_TOLERANCE of the CPU's largest logit, relative.
 # A near-tie between two similarities may merge other tokens on other kernels, moving one image's logits more.
 AGREEMENT_IMAGES, AGREEMENT_TOLERANCE = 16, 1e-3
+# The same images in bf16 on the device, through its default attention kernels (on a Hopper GPU cuDNN's or the
+# memory-efficient one, with the size bias as mask: the path bf16 training and the bf16 speed-up run) and through
+# the math kernel (softmax in fp32), each against the CPU's fp32 logits. bf16 alone moves a random-init ViT-B's
+# logits by ~1 % (full) to ~4 % (tome at high: other merges), median over images, for either kernel; a kernel that
+# dropped the bias moved them by 22-28 % (measured on the CPU). The default kernels agree when their median error is
+# within BF16_KERNEL_RATIO times the math kernel's.
+BF16_KERNEL_RATIO = 2.0
 
 # Where one forward's time goes, in the precision where the original ToMe lost most of its gain: the host's time to
 # issue it against the time to finish it (a share near 1: the device waits for launches, so fewer kernels, CUDA graphs
@@ -667,16 +675,32 @@ def section_repeatability(check: Check, scale: Scale, models: dict, budgets: Bud
     check.save()
 
 
-def agreement(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> dict:
-    """fp32 logits of ``model`` on ``device`` against a copy of it on the CPU, for ``images`` (normalised, CPU)."""
-    with torch.inference_mode():
-        on_device = model(images.to(device)).float().cpu()
-        reference = copy.deepcopy(model).cpu()(images).float()
+def _relative_errors(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each image's largest logit difference, relative to the reference's largest logit."""
     scale = reference.abs().max().item() or 1.0  # all-zero logits (a zero-initialised head): absolute differences
-    per_image = (on_device - reference).abs().amax(dim=1) / scale
+    return (logits.float() - reference).abs().amax(dim=1) / scale
+
+
+def agreement(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> dict:
+    """fp32 logits of ``model`` on ``device`` against a copy of it on the CPU, for ``images`` (normalised, CPU);
+    and the device's bf16 logits from its default attention kernels and from the math kernel, each against the
+    CPU's fp32 ones (:data:`BF16_KERNEL_RATIO`)."""
+    device_images = images.to(device)
+    with torch.inference_mode():
+        device_fp32 = model(device_images).float()
+        reference = copy.deepcopy(model).cpu()(images).float()
+        with autocast(device, "bf16"):
+            default_kernels = model(device_images)
+            with sdpa_kernel(SDPBackend.MATH):
+                math_kernel = model(device_images)
+    per_image = _relative_errors(device_fp32.cpu(), reference)
+    bf16_error = _relative_errors(default_kernels.cpu(), reference).median().item()
+    bf16_math_error = _relative_errors(math_kernel.cpu(), reference).median().item()
     return {"images": len(images), "max_relative_diff": per_image.max().item(),
             "agreeing": int((per_image <= AGREEMENT_TOLERANCE).sum()),
-            "same_top1": int((on_device.argmax(1) == reference.argmax(1)).sum())}
+            "same_top1": int((device_fp32.cpu().argmax(1) == reference.argmax(1)).sum()),
+            "bf16_error": bf16_error, "bf16_math_error": bf16_math_error,
+            "bf16_kernels_agree": bf16_error <= BF16_KERNEL_RATIO * bf16_math_error}
 
 
 def section_agreement(check: Check, scale: Scale, models: dict, device: torch.device) -> None:
@@ -692,7 +716,8 @@ def section_agreement(check: Check, scale: Scale, models: dict, device: torch.de
             rows.append({"variant": label, **result})
             check.log(f"agreement {label}: {result['agreeing']}/{result['images']} images within "
                       f"{AGREEMENT_TOLERANCE:g} of the CPU's logits, largest difference "
-                      f"{result['max_relative_diff']:.2e}, same top-1 {result['same_top1']}")
+                      f"{result['max_relative_diff']:.2e}, same top-1 {result['same_top1']}; bf16 median error "
+                      f"{result['bf16_error']:.2e} (math kernel {result['bf16_math_error']:.2e})")
     check.results["section_seconds"]["agreement"] = time.perf_counter() - started
     check.save()
 
@@ -1017,11 +1042,17 @@ def render_markdown(results: dict) -> str:
                      f"the same weights on the CPU; a difference is relative to the CPU's largest logit. Agreeing: "
                      f"within {AGREEMENT_TOLERANCE:g}. An image whose merges differ (two nearly equal similarities "
                      f"ranked the other way) may move more; `full` (which merges nothing) disagreeing, or many "
-                     f"images of a merging model, point at a kernel.")
+                     f"images of a merging model, point at a kernel. bf16 error: the median over images of the "
+                     f"same difference between the device's bf16 logits (autocast) and the CPU's fp32 ones, through "
+                     f"the default attention kernels and through the math kernel; the default kernels agree within "
+                     f"{BF16_KERNEL_RATIO:g}x the math kernel's error.")
         lines.append("")
         lines.append(_table([[row["variant"], f"{row['agreeing']}/{row['images']}", f"{row['max_relative_diff']:.2e}",
-                              f"{row['same_top1']}/{row['images']}"] for row in rows],
-                            ["variant", "agreeing", "largest difference", "same top-1"]))
+                              f"{row['same_top1']}/{row['images']}", _f(row.get("bf16_error"), ".2e"),
+                              _f(row.get("bf16_math_error"), ".2e"),
+                              {True: "yes", False: "NO", None: "-"}[row.get("bf16_kernels_agree")]] for row in rows],
+                            ["variant", "agreeing", "largest difference", "same top-1", "bf16 error",
+                             "bf16 error, math kernel", "bf16 kernels agree"]))
     else:
         lines.append("not measured")
 

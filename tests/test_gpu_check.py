@@ -95,17 +95,39 @@ def test_tiny_markdown_has_every_table(tiny_run) -> None:
         assert heading in text
     assert "Tiny smoke run" in text and "| small_peft-high" in text and "total GPU-h" in text
     assert re.search(r"\| (pass|FAIL) +\|", text)
-    assert re.search(r"\| tome-high +\| 16/16 +\|", text)  # the section ran (on a CPU it compares the CPU with itself)
+    # the section ran (on a CPU it compares the CPU with itself), in fp32 and in bf16
+    assert re.search(r"\| tome-high +\| 16/16 +\|.* yes +\|", text)
 
 
 def test_agreement_counts_the_images_whose_logits_differ_from_the_cpus() -> None:
     images = torch.randn(8, 3, 4, 4)
     same = gpu_check.agreement(torch.nn.Flatten().eval(), images, torch.device("cpu"))
-    assert same == {"images": 8, "max_relative_diff": 0.0, "agreeing": 8, "same_top1": 8}
+    assert same == {"images": 8, "max_relative_diff": 0.0, "agreeing": 8, "same_top1": 8, "bf16_error": 0.0,
+                    "bf16_math_error": 0.0, "bf16_kernels_agree": True}
     # dropout left in training mode draws another mask on the copy: the two sides compute different functions
     noisy = gpu_check.agreement(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5)).train(), images,
                                 torch.device("cpu"))
     assert noisy["agreeing"] < 8 and noisy["max_relative_diff"] > gpu_check.AGREEMENT_TOLERANCE
+
+
+def test_bf16_agreement_tells_a_default_attention_kernel_that_drops_the_size_bias(monkeypatch, tiny_inference) -> None:
+    models, _ = tiny_inference
+    images = torch.randn(16, 3, gpu_check.TINY.image_size, gpu_check.TINY.image_size,
+                         generator=torch.Generator().manual_seed(0))
+    sound = gpu_check.agreement(models["tome-high"], images, torch.device("cpu"))
+    assert sound["bf16_kernels_agree"] and 0 < sound["bf16_error"] < 0.05
+
+    attention = torch.nn.functional.scaled_dot_product_attention
+
+    def drops_the_bias_in_bf16(q, k, v, attn_mask=None, **options):
+        # sdpa_kernel(MATH) switches the other backends off: only the default kernels lose the bias
+        default_kernels = torch.backends.cuda.flash_sdp_enabled() and q.dtype == torch.bfloat16
+        return attention(q, k, v, attn_mask=None if default_kernels else attn_mask, **options)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", drops_the_bias_in_bf16)
+    broken = gpu_check.agreement(models["tome-high"], images, torch.device("cpu"))
+    assert not broken["bf16_kernels_agree"] and broken["agreeing"] == 16
+    assert broken["bf16_math_error"] == pytest.approx(sound["bf16_math_error"])
 
 
 def test_ops_fall_in_their_families_and_attention_is_found_by_name_on_any_backend() -> None:

@@ -26,6 +26,7 @@ from typing import Iterator
 
 from .store import read_json, write_json_atomic
 
+REQUEUING_EXECUTOR = "slurm"  # the executor whose jobs Slurm requeues under their own id (harness.slurm)
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 120.0  # a claim from another host whose heartbeat is older than this is dead
 CLAIM_SUFFIX = ".claim"
@@ -62,14 +63,15 @@ def is_live(owner: dict, heartbeat_age: float, job_id: str | None = None) -> boo
     """Whether the claim of ``owner`` (its file's fields) whose heartbeat is ``heartbeat_age`` seconds old still
     stands against a process of ``job_id``. On this host the owner's process itself answers; on another, a job
     requeued by Slurm (which keeps its id) takes over its own job's claim, and any other claim stands while its
-    heartbeat is fresh."""
+    heartbeat is fresh. Only a Slurm job's id names one job across hosts: a local worker's (pid and slot) may
+    recur on another host, whose sweep must not take a live claim over."""
     if owner.get("host") == socket.gethostname():
         pid = owner.get("pid")
         if not isinstance(pid, int) or not process_runs(pid):
             return False
         start = owner.get("process_start")
         return start is None or _process_start(pid) in (None, start)
-    if job_id and owner.get("job_id") == job_id:
+    if job_id and owner.get("name") == REQUEUING_EXECUTOR and owner.get("job_id") == job_id:
         return False
     return heartbeat_age < STALE_SECONDS
 

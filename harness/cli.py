@@ -482,6 +482,7 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
     """Submit what is to run as one array; with ``wait``, every config's record once the array has ended (a job
     that ended without finishing its run is recorded as died), else None once submitted."""
     from . import slurm
+    from .claims import REQUEUING_EXECUTOR
     from .runner import execute, write_failure
 
     records, todo = triage(configs, store, progress, options.rerun)
@@ -494,7 +495,8 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
     attempts = [uuid.uuid4().hex for _ in todo]  # which record, or note of a forced rerun, each job wrote
     if todo:
         jobs = [worker_job(config, store, "cuda" if device.type == "cuda" else "cpu", data_root, plugins, options,
-                           {"name": "slurm", "attempt": attempt}) for config, attempt in zip(todo, attempts)]
+                           {"name": REQUEUING_EXECUTOR, "attempt": attempt})
+                for config, attempt in zip(todo, attempts)]
         handles = slurm.submit(jobs, todo, settings, store)
         click.echo(f"Submitted {len(todo)} run(s) to Slurm ({settings.cluster}) as job(s) "
                    f"{handles[0].job_id.split('_')[0]}; logs in {slurm.logs_folder(store)}/"

@@ -160,6 +160,15 @@ def test_a_live_process_on_this_host_keeps_its_claim_against_a_job_of_the_same_i
     held.release()
 
 
+def test_a_local_worker_on_another_host_keeps_its_live_claim_against_a_worker_of_the_same_pid_and_slot(tmp_path):
+    """Two hosts' sweeps on one shared folder, each in a container whose sweep is pid 1: their worker 0s have one job
+    id, which names no single job as a Slurm job's does."""
+    claims = Claims(tmp_path)
+    claims.path("run").write_text(json.dumps({"host": "node-17", "pid": 1, "name": "local", "job_id": "1.worker0"}))
+    assert claims.owner("run", job_id="1.worker0") is not None
+    assert claims.take("run", {"name": "local", "job_id": "1.worker0"}) is None
+
+
 def test_local_workers_of_two_sweeps_have_two_job_ids(tmp_path, monkeypatch):
     class Built(Exception):
         pass
@@ -174,7 +183,7 @@ def test_local_workers_of_two_sweeps_have_two_job_ids(tmp_path, monkeypatch):
 
 def test_a_claim_from_another_host_is_dead_once_its_heartbeat_is_stale(tmp_path):
     claims = Claims(tmp_path)
-    claims.path("run").write_text(json.dumps({"host": "node-17", "pid": 1, "job_id": "42_3"}))
+    claims.path("run").write_text(json.dumps({"host": "node-17", "pid": 1, "name": "slurm", "job_id": "42_3"}))
     assert claims.owner("run") is not None  # fresh heartbeat: a live run on node-17
     assert claims.owner("run", job_id="42_3") is None  # ... unless we are that job, requeued
     stale = time.time() - 600

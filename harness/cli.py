@@ -270,7 +270,7 @@ MATCH_TOLERANCE = 0.10
                    "that takes longer is recorded as failed and the sweep goes on.")
 @click.option("--rerun-failed", is_flag=True,
               help="Run again the runs that failed (by default a sweep run again skips them, except those cut "
-                   "short: died, interrupted, or whose data could not be read).")
+                   "short: died, interrupted, stopped, or whose data could not be read).")
 @click.option("--force", is_flag=True, help="Rerun configs that already have a finished result file.")
 @click.option("--report/--no-report", "write_report", default=DEFAULTS["report"], show_default=True,
               help="End with the report of --out (leaderboard, Pareto plots, Adverse Compression verdicts) in "

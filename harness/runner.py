@@ -45,7 +45,7 @@ from .store import (REPLACES, RETRIED, SCHEMA_VERSION, STATUS_FAILED, STATUS_OK,
 
 Executor = Callable[[RunConfig], "dict | None"]
 WAIT_SECONDS = 2.0  # how often a sweep looks again at runs another process is running
-KEEPS_CHECKPOINT = ("timeout", "interrupted")  # failures a rerun resumes from the checkpoint
+KEEPS_CHECKPOINT = ("timeout", "interrupted", "stopped")  # failures a rerun resumes from the checkpoint
 EXIT_CLAIMED = 3  # a worker's exit code: another live process had claimed its config
 
 
@@ -167,6 +167,12 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
     except KeyboardInterrupt:
         record.update(status=STATUS_FAILED, failure="interrupted", reason="interrupted by the user")
         raise
+    except SystemExit as exc:  # submitit's signal handler, once it has requeued the job (preempted, out of time)
+        record.update(status=STATUS_FAILED, failure="stopped",
+                      reason=f"its process was told to exit (code {exc.code}) before finishing, as submitit does "
+                             f"when Slurm preempts the job or its time is up; the requeued job, or a rerun, goes "
+                             f"on from the last checkpoint (--checkpoint-every)")
+        raise
     except torch.cuda.OutOfMemoryError as exc:
         record.update(status=STATUS_FAILED, failure="oom", reason=_out_of_memory(exc, config, device))
     except RunFailed as exc:
@@ -185,10 +191,10 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
                 record["metrics"]["adapter_file"] = adapter.name
             else:
                 adapter.unlink(missing_ok=True)
-        if record.get("failure") not in KEEPS_CHECKPOINT:
-            checkpoint.remove()
         store.write(config, record if finished is None or record["status"] == STATUS_OK
                     else with_forced_rerun(finished, record))
+        if record.get("failure") not in KEEPS_CHECKPOINT:  # after the record: a kill between keeps it resumable
+            checkpoint.remove()
         if device.type == "cuda":  # here, not in the except clause, whose traceback still holds the run's tensors
             gc.collect()
             torch.cuda.empty_cache()  # the next inline run starts from the same free memory, whatever this one did

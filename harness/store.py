@@ -34,8 +34,9 @@ FAILURES = {
     "noisy": "its throughput stayed noisy under --refuse-noisy",
     "died": "its process died (killed, node lost, time limit)",
     "interrupted": "interrupted by the user",
+    "stopped": "its process was told to exit (submitit does, when Slurm preempts the job or its time is up)",
 }
-RETRIED = ("data", "died", "interrupted")
+RETRIED = ("data", "died", "interrupted", "stopped")
 # A forced rerun (--force) replaces a finished run only when it is ok. Until then its ``running`` record carries the
 # finished one under REPLACES; an attempt that ends otherwise (failed, killed, timed out) puts the finished record
 # back with FORCED_RERUN saying how the attempt ended, and its executor (whose ``attempt`` id lets the process that

@@ -51,7 +51,7 @@ class SubmititRun:
     def __call__(self) -> str:
         return run_job(self.job)
 
-    def checkpoint(self):  # submitit's hook, called when the job is told to stop
+    def checkpoint(self):  # submitit's hook, called when the job is told to stop; the run records "stopped"
         import submitit
 
         return submitit.helpers.DelayedSubmission(SubmititRun(self.job))

@@ -242,7 +242,10 @@ def test_a_failed_run_waits_for_rerun_failed(faults_plugin, own_registry, tmp_pa
 # --- checkpoints ----------------------------------------------------------------------------------------------
 
 
-def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_plugin, tmp_path, monkeypatch):
+# Ctrl-C, and submitit's exit once it has requeued a preempted or timed-out Slurm job
+@pytest.mark.parametrize("stop, failure", [(KeyboardInterrupt, "interrupted"), (SystemExit(-1), "stopped")])
+def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_plugin, tmp_path, monkeypatch,
+                                                                         stop, failure):
     from harness.plan import load_tasks, plan_runs
 
     tasks = load_tasks(["tiny_bright"], None)
@@ -261,13 +264,14 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_p
         def tick():
             steps.append(1)
             if len(steps) == 7:  # in epoch 4 of 6 (two steps an epoch): epoch 3's checkpoint is the last
-                raise KeyboardInterrupt
+                raise stop
         return tick
 
     monkeypatch.setattr(runner, "_deadline", interrupt_at_step_seven)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(type(stop) if isinstance(stop, BaseException) else stop):
         runner.execute(config, task, store, torch.device("cpu"), lambda line: None, options)
-    assert read_json(store.path(config))["failure"] == "interrupted" and store.checkpoint_path(config).exists()
+    assert read_json(store.path(config))["failure"] == failure and store.checkpoint_path(config).exists()
+    assert store.claims.owner(config.file_stem) is None  # released: the requeued job or a rerun takes it
     monkeypatch.undo()
     lines = []
     resumed = runner.execute(config, task, store, torch.device("cpu"), lines.append, options)

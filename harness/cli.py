@@ -520,21 +520,27 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
             record = write_failure(config, task_data[config.task], store, "died",
                                    f"Slurm job {handle.job_id} ended without finishing the run; see "
                                    f"{handle.paths.stderr}", record)
+            if record is None:  # another sweep found it dead meanwhile and runs it: waited for below
+                busy.add(config.key)
+                continue
         records[config.key] = attempt_outcome(record, attempt)
     for config in (config for config in configs if config.key in busy):
         announced = False
-        while store.claims.owner(config.file_stem) is not None \
-                or slurm.queued(store, config.file_stem, settings.cluster) is not None:
-            if not announced:
-                progress.log(f"waiting for {config.label}: running or queued in another sweep")
-                announced = True
-            time.sleep(WAIT_SECONDS)
-        record = store.read(config)
-        if record is None or record["status"] == STATUS_RUNNING:
-            record = write_failure(config, task_data[config.task], store, "died",
-                                   "it was running or queued in another sweep, which ended without finishing it; "
-                                   "rerun the sweep to run it again", record)
-        records[config.key] = record
+        while config.key not in records:
+            if store.claims.owner(config.file_stem) is not None \
+                    or slurm.queued(store, config.file_stem, settings.cluster) is not None:
+                if not announced:
+                    progress.log(f"waiting for {config.label}: running or queued in another sweep")
+                    announced = True
+                time.sleep(WAIT_SECONDS)
+                continue
+            record = store.read(config)
+            if record is None or record["status"] == STATUS_RUNNING:
+                record = write_failure(config, task_data[config.task], store, "died",
+                                       "it was running or queued in another sweep, which ended without finishing "
+                                       "it; rerun the sweep to run it again", record)
+            if record is not None:  # else claimed by yet another sweep in between: waited for again
+                records[config.key] = record
     return [records[config.key] for config in configs]
 
 

@@ -307,23 +307,29 @@ class LocalExecutor:
                                                 f"finishing{where}")
         return attempt_outcome(record, attempt)
 
-    def _failed(self, config: RunConfig, failure: str, reason: str) -> dict:
+    def _failed(self, config: RunConfig, failure: str, reason: str) -> dict | None:
         return write_failure(config, self.tasks[config.task], self.store, failure, reason)
 
 
 def write_failure(config: RunConfig, task: TaskData, store: RunStore, failure: str, reason: str,
-                  record: dict | None = None) -> dict:
+                  record: dict | None = None) -> dict | None:
     """Record ``config`` as failed, of kind ``failure``, where its executor saw it end unfinished: ``record``
     (what it had written, if anything) or a new one, marked failed and written back, its adapter removed; or, where
     a finished run is on file (a forced rerun's), that run written back with a note of the failure, its adapter
-    kept. Returns the failed record."""
-    finished = finished_of(record) or finished_of(read_json(store.path(config)))
-    record = {**(record or new_record(config, task)), "status": STATUS_FAILED, "failure": failure, "reason": reason}
-    record.pop(REPLACES, None)
-    store.new_adapter_path(config).unlink(missing_ok=True)
-    if finished is None:
-        store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
-    store.write(config, record if finished is None else with_forced_rerun(finished, record))
+    kept. Returns the failed record; None, writing nothing, when another live process has claimed the config since
+    (a sweep beside ours found the run dead and runs it: its files are its own)."""
+    claim = store.claims.take(config.file_stem, {"name": "failure record", "job_id": None, "log": None})
+    if claim is None:
+        return None
+    with claim:
+        finished = finished_of(record) or finished_of(read_json(store.path(config)))
+        record = {**(record or new_record(config, task)), "status": STATUS_FAILED, "failure": failure,
+                  "reason": reason}
+        record.pop(REPLACES, None)
+        store.new_adapter_path(config).unlink(missing_ok=True)
+        if finished is None:
+            store.adapter_path(config).unlink(missing_ok=True)  # a failed run leaves no adapter
+        store.write(config, record if finished is None else with_forced_rerun(finished, record))
     return record
 
 

@@ -16,7 +16,7 @@ from harness import store as store_module
 from harness.cli import main
 from harness.config import RunConfig
 from harness.measure import MeasureConfig
-from harness.store import STATUS_FAILED, STATUS_OK, RunStore
+from harness.store import STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore
 from harness.train import TrainConfig
 
 BIG, SMALL = "vit_micro_base_patch4_32", "vit_micro_small_patch4_32"
@@ -316,6 +316,23 @@ def test_an_executor_that_sees_a_forced_rerun_end_unfinished_keeps_the_finished_
     kept = store.read(run)
     assert kept["forced_rerun"]["failure"] == "timeout" and kept["metrics"] == finished["metrics"]
     assert store.adapter_path(run).read_bytes() == b"the finished run's"
+
+
+def test_a_failure_is_not_written_over_a_run_that_another_live_process_has_claimed_since(loaded_plugin, tmp_path):
+    """A worker died; before its sweep writes it off, a sweep beside it found the run dead and runs it now: the
+    record, adapters and claim are the new owner's."""
+    store, run = RunStore(tmp_path), config()
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    held = store.claims.take(run.file_stem, {"name": "local", "job_id": "1.worker0"})
+    store.write(run, {**runner.new_record(run, task), "executor": {"name": "local"}})
+    store.new_adapter_path(run).write_bytes(b"the new owner's")
+    assert runner.write_failure(run, task, store, "died", "the worker process exited with code -9") is None
+    assert store.read(run)["status"] == STATUS_RUNNING and store.new_adapter_path(run).exists()
+    assert store.claims.owner(run.file_stem) is not None
+    held.release()
+    failed = runner.write_failure(run, task, store, "died", "the worker process exited with code -9")
+    assert failed["failure"] == "died" and store.read(run)["failure"] == "died"
+    assert not store.new_adapter_path(run).exists() and store.claims.owner(run.file_stem) is None
 
 
 def test_a_forced_rerun_of_a_task_whose_data_went_bad_keeps_the_finished_run(monkeypatch, loaded_plugin, tmp_path):

@@ -201,20 +201,26 @@ class RunStore:
 
         if not is_run_record(record) or record["status"] != STATUS_RUNNING:
             return record
-        stem = path.name[:-len(".json")]
-        with folder_lock(self.claims.lock):  # the owner writes its final record before releasing its claim
-            record = read_json(path)
-            if not is_run_record(record) or record["status"] != STATUS_RUNNING \
-                    or self.claims.owner(stem) is not None:
-                return record
-            owner = record.get("executor") or {}
-            finished = finished_of(record)
-            record.update(status=STATUS_FAILED, failure="died",
-                          reason=f"its process (host {owner.get('host')}, pid {owner.get('pid')}) died before "
-                                 f"finishing; rerun the sweep to run it again (with --checkpoint-every it goes on "
-                                 f"from its last checkpoint)")
-            if finished is not None:  # a forced rerun that died: the finished run it was to replace
-                record = with_forced_rerun(finished, record)
+        try:
+            with folder_lock(self.claims.lock):  # the owner writes its final record before releasing its claim
+                return self._settled(path, write=True)
+        except PermissionError:  # a folder we may read, not write (another user's runs): settled as read
+            return self._settled(path, write=False)
+
+    def _settled(self, path: Path, write: bool) -> dict | None:
+        record = read_json(path)
+        if not is_run_record(record) or record["status"] != STATUS_RUNNING \
+                or self.claims.owner(path.name[:-len(".json")]) is not None:
+            return record
+        owner = record.get("executor") or {}
+        finished = finished_of(record)
+        record.update(status=STATUS_FAILED, failure="died",
+                      reason=f"its process (host {owner.get('host')}, pid {owner.get('pid')}) died before "
+                             f"finishing; rerun the sweep to run it again (with --checkpoint-every it goes on "
+                             f"from its last checkpoint)")
+        if finished is not None:  # a forced rerun that died: the finished run it was to replace
+            record = with_forced_rerun(finished, record)
+        if write:
             write_json_atomic(path, record)
         return record
 

@@ -1,6 +1,7 @@
 """A worker: executes one run in its own process, ``python -m harness.worker JOB_JSON`` (a
 :class:`harness.runner.WorkerJob`), for ``--executor local``; submitit calls :func:`run_job` with the same job
-on a Slurm node. Exit code: 0 ok, 1 failed (recorded), 3 claimed by another live process (nothing written).
+on a Slurm node. Exit code: 0 ok, 1 failed (recorded), 3 claimed by another live process (nothing written), 130
+interrupted (recorded).
 """
 from __future__ import annotations
 
@@ -57,8 +58,14 @@ class SubmititRun:
         return submitit.helpers.DelayedSubmission(SubmititRun(self.job))
 
 
+EXIT_INTERRUPTED = 130  # a shell's code for a process ended by Ctrl-C (128 + SIGINT)
+
+
 def main(argv: list[str]) -> int:
-    outcome = run_job(WorkerJob(**json.loads(argv[0])))
+    try:
+        outcome = run_job(WorkerJob(**json.loads(argv[0])))
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too: the run is recorded interrupted, the sweep says so
+        return EXIT_INTERRUPTED
     return {"ok": 0, "failed": 1, "claimed": EXIT_CLAIMED}[outcome]
 
 

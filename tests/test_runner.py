@@ -60,6 +60,16 @@ def test_a_worker_runs_on_the_device_and_with_the_options_it_is_given(monkeypatc
     assert executed[0][6]["name"] == "local"
 
 
+def test_a_worker_stopped_by_ctrl_c_exits_130_without_a_traceback(monkeypatch, loaded_plugin, tmp_path, capfd):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "train_and_measure", interrupted)
+    store = RunStore(tmp_path)
+    job = runner.worker_job(config(), store, "cpu", None, [], runner.RunOptions(), {"name": "local"})
+    assert worker.main(job.command()[-1:]) == worker.EXIT_INTERRUPTED
+    assert store.read(config())["failure"] == "interrupted" and "Traceback" not in "".join(capfd.readouterr())
+
+
 def test_a_run_uses_the_threads_its_config_names(monkeypatch, loaded_plugin, tmp_path):
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)

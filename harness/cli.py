@@ -492,11 +492,11 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
     busy = {config.key for config in todo if store.claims.owner(config.file_stem) is not None
             or slurm.queued(store, config.file_stem, settings.cluster) is not None}
     todo = [config for config in todo if config.key not in busy]
-    attempts = [uuid.uuid4().hex for _ in todo]  # which record, or note of a forced rerun, each job wrote
+    attempts = {config.key: uuid.uuid4().hex for config in todo}  # which record, or forced rerun's note, each wrote
     if todo:
         jobs = [worker_job(config, store, "cuda" if device.type == "cuda" else "cpu", data_root, plugins, options,
                            {"name": REQUEUING_EXECUTOR, "attempt": attempt})
-                for config, attempt in zip(todo, attempts)]
+                for config, attempt in zip(todo, attempts.values())]
         handles = slurm.submit(jobs, todo, settings, store)
         click.echo(f"Submitted {len(todo)} run(s) to Slurm ({settings.cluster}) as job(s) "
                    f"{handles[0].job_id.split('_')[0]}; logs in {slurm.logs_folder(store)}/"
@@ -509,7 +509,7 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
                    f"only what is not done, running or queued)")
         return None
     slurm.wait(handles)
-    for config, handle, attempt in zip(todo, handles, attempts):
+    for config, handle, attempt in zip(todo, handles, attempts.values()):
         outcome = slurm.job_outcome(handle)
         if outcome == "claimed":  # another sweep had it: waited for below
             busy.add(config.key)
@@ -519,7 +519,7 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
         if unfinished or (outcome != "ok" and not written_by(record, attempt)):  # the job ended without its record
             record = write_failure(config, task_data[config.task], store, "died",
                                    f"Slurm job {handle.job_id} ended without finishing the run; see "
-                                   f"{handle.paths.stderr}", record)
+                                   f"{handle.paths.stderr}", record, handle.job_id)
             if record is None:  # another sweep found it dead meanwhile and runs it: waited for below
                 busy.add(config.key)
                 continue
@@ -540,7 +540,7 @@ def _run_on_slurm(configs: list[RunConfig], task_data: dict[str, TaskData], stor
                                        "it was running or queued in another sweep, which ended without finishing "
                                        "it; rerun the sweep to run it again", record)
             if record is not None:  # else claimed by yet another sweep in between: waited for again
-                records[config.key] = record
+                records[config.key] = attempt_outcome(record, attempts.get(config.key))
     return [records[config.key] for config in configs]
 
 

@@ -312,13 +312,14 @@ class LocalExecutor:
 
 
 def write_failure(config: RunConfig, task: TaskData, store: RunStore, failure: str, reason: str,
-                  record: dict | None = None) -> dict | None:
+                  record: dict | None = None, job_id: str | None = None) -> dict | None:
     """Record ``config`` as failed, of kind ``failure``, where its executor saw it end unfinished: ``record``
     (what it had written, if anything) or a new one, marked failed and written back, its adapter removed; or, where
     a finished run is on file (a forced rerun's), that run written back with a note of the failure, its adapter
     kept. Returns the failed record; None, writing nothing, when another live process has claimed the config since
-    (a sweep beside ours found the run dead and runs it: its files are its own)."""
-    claim = store.claims.take(config.file_stem, {"name": "failure record", "job_id": None, "log": None})
+    (a sweep beside ours found the run dead and runs it: its files are its own). ``job_id``: the Slurm job that
+    ran it and has ended, whose claim (its heartbeat still fresh where the job was killed) is taken over at once."""
+    claim = store.claims.take(config.file_stem, {"name": "failure record", "job_id": job_id, "log": None})
     if claim is None:
         return None
     with claim:

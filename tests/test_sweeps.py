@@ -635,3 +635,59 @@ def test_slurm_wait_records_a_run_another_sweep_left_unfinished_as_died(plugin_f
                                  methods="lora", seeds="0", epochs="1"))
     assert result.exit_code == 1 and "0 ok, 1 failed" in result.output, result.output
     assert json.loads(path.read_text())["failure"] == "died"
+
+
+@pytest.mark.parametrize("case", ["new", "forced-rerun", "forced-rerun-another-sweep-records"])
+def test_a_slurm_job_killed_with_its_claim_fresh_is_recorded_died_at_once(loaded_plugin, tmp_path, monkeypatch, case):
+    """scancel, an OOM kill or a lost node leaves the job's claim with a fresh heartbeat; the sweep that saw the
+    job end takes that claim over by its job id instead of waiting out the heartbeat as if another sweep ran it.
+    Where another sweep records the failure first, this one still reports its forced rerun as failed."""
+    import types
+
+    from harness import cli, slurm
+    from harness.plan import load_tasks
+    from harness.claims import this_process
+    from harness.store import REPLACES, with_forced_rerun
+
+    (config,) = configs_of(1)
+    tasks = load_tasks([config.task], None)
+    store = RunStore(tmp_path)
+    finished = {**runner.new_record(config, tasks[config.task]), "status": STATUS_OK, "metrics": {}}
+    forced = case != "new"
+    if forced:
+        store.write(config, finished)
+    attempt_record = {}
+    claim = store.claims.path(config.file_stem)
+
+    def submit(jobs, todo, settings, store_):
+        attempt_record.update(runner.new_record(config, tasks[config.task]), executor={
+            "name": "slurm", "attempt": jobs[0].executor["attempt"], "host": "node-17", "pid": 1})
+        store.write(config, {**attempt_record, REPLACES: finished} if forced else attempt_record)
+        owner = {"host": "node-17", "pid": 1, "name": "slurm", "job_id": "42_3"}
+        if case == "forced-rerun-another-sweep-records":
+            owner = {**this_process(), "name": "failure record", "job_id": None}
+        claim.write_text(json.dumps(owner))
+        return [types.SimpleNamespace(job_id="42_3", paths=types.SimpleNamespace(stderr="42_3.err"))]
+
+    def sleep(seconds):
+        assert case == "forced-rerun-another-sweep-records", "waited for the killed job's own claim"
+        store.write(config, with_forced_rerun(finished, {**attempt_record, "status": STATUS_FAILED,
+                                                         "failure": "died", "reason": "seen by another sweep"}))
+        claim.unlink()
+
+    monkeypatch.setattr(slurm, "submit", submit)
+    monkeypatch.setattr(slurm, "wait", lambda handles: None)
+    monkeypatch.setattr(slurm, "job_outcome", lambda handle: None)
+    monkeypatch.setattr(slurm, "queued", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    progress = SweepProgress([config], log=lambda line: None, bar=False)
+    (record,) = cli._run_on_slurm([config], tasks, store, torch.device("cpu"), [], None,
+                                  runner.RunOptions(rerun="all" if forced else "missing"), slurm.SlurmSettings(),
+                                  progress, True)
+    assert record["status"] == STATUS_FAILED and record["failure"] == "died"
+    stored = store.read(config)
+    if forced:
+        assert stored["status"] == STATUS_OK and stored["forced_rerun"]["failure"] == "died"
+    else:
+        assert stored["failure"] == "died" and "42_3" in stored["reason"]
+    assert not claim.exists()

@@ -6,8 +6,8 @@ epoch: the whole model's state, the optimizer's and the fp16 gradient scaler's, 
 draws from (torch's, CUDA's, numpy's, Python's and the training loader's shuffling), and what the run has
 measured so far (its curve, evaluations, training time). It belongs to one config: its key is in the file and a
 file of another key is not loaded. A run that finishes removes it; so does one that fails for a reason a rerun
-would meet again (an error, a NaN loss, out of memory). It is kept when the process died, was interrupted or
-timed out, which is what it is for.
+would meet again (an error, a NaN loss, out of memory). It is kept when the process died, was interrupted, was
+stopped by Slurm (preempted, out of time) or timed out, which is what it is for.
 """
 from __future__ import annotations
 

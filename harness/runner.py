@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from submitit.core.utils import UncompletedJobError
 
 from . import registry
 from .checkpoint import Checkpointer
@@ -167,12 +168,20 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
     except KeyboardInterrupt:
         record.update(status=STATUS_FAILED, failure="interrupted", reason="interrupted by the user")
         raise
-    except SystemExit as exc:  # submitit's signal handler, once it has requeued the job (preempted, out of time)
+    except SystemExit as exc:
+        if not os.environ.get("SUBMITIT_EXECUTOR"):  # the run's own code called sys.exit: a bug, as any exception
+            record.update(status=STATUS_FAILED, failure="error", traceback=traceback.format_exc(),
+                          reason=f"the run called sys.exit({exc.code!r}) before finishing")
+        else:  # submitit's signal handler, once it has requeued the job (preempted, out of time)
+            record.update(status=STATUS_FAILED, failure="stopped",
+                          reason=f"its process was told to exit (code {exc.code}) before finishing, as submitit "
+                                 f"does when Slurm preempts the job or its time is up; the requeued job, or a "
+                                 f"rerun, goes on from the last checkpoint (--checkpoint-every)")
+            raise
+    except UncompletedJobError as exc:  # submitit's signal handler, where it does not requeue the job
         record.update(status=STATUS_FAILED, failure="stopped",
-                      reason=f"its process was told to exit (code {exc.code}) before finishing, as submitit does "
-                             f"when Slurm preempts the job or its time is up; the requeued job, or a rerun, goes "
-                             f"on from the last checkpoint (--checkpoint-every)")
-        raise
+                      reason=f"Slurm stopped the job before it finished and submitit did not requeue it ({exc}); a "
+                             f"rerun goes on from the last checkpoint (--checkpoint-every)")
     except torch.cuda.OutOfMemoryError as exc:
         record.update(status=STATUS_FAILED, failure="oom", reason=_out_of_memory(exc, config, device))
     except RunFailed as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from submitit.core.utils import UncompletedJobError
 
 from harness import runner
 from harness.claims import Claims
@@ -242,11 +243,15 @@ def test_a_failed_run_waits_for_rerun_failed(faults_plugin, own_registry, tmp_pa
 # --- checkpoints ----------------------------------------------------------------------------------------------
 
 
-# Ctrl-C, and submitit's exit once it has requeued a preempted or timed-out Slurm job
-@pytest.mark.parametrize("stop, failure", [(KeyboardInterrupt, "interrupted"), (SystemExit(-1), "stopped")])
+# Ctrl-C; submitit's exit once it has requeued a preempted or timed-out Slurm job, and its error where it does not
+@pytest.mark.parametrize("stop, failure", [(KeyboardInterrupt, "interrupted"), (SystemExit(-1), "stopped"),
+                                           (UncompletedJobError("Job not requeued because: timed-out too many times."),
+                                            "stopped")], ids=["ctrl-c", "requeued", "not-requeued"])
 def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_plugin, tmp_path, monkeypatch,
                                                                          stop, failure):
     from harness.plan import load_tasks, plan_runs
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # as on a Slurm node, where submitit raises the last two
 
     tasks = load_tasks(["tiny_bright"], None)
     task = tasks["tiny_bright"]
@@ -268,8 +273,11 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_p
         return tick
 
     monkeypatch.setattr(runner, "_deadline", interrupt_at_step_seven)
-    with pytest.raises(type(stop) if isinstance(stop, BaseException) else stop):
+    if isinstance(stop, Exception):  # recorded, as any failure; the job ends as submitit's own error would end it
         runner.execute(config, task, store, torch.device("cpu"), lambda line: None, options)
+    else:
+        with pytest.raises(type(stop) if isinstance(stop, BaseException) else stop):
+            runner.execute(config, task, store, torch.device("cpu"), lambda line: None, options)
     assert read_json(store.path(config))["failure"] == failure and store.checkpoint_path(config).exists()
     assert store.claims.owner(config.file_stem) is None  # released: the requeued job or a rerun takes it
     monkeypatch.undo()
@@ -280,6 +288,28 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_p
     assert not store.checkpoint_path(config).exists()  # a finished run leaves none
     events = list((store.run_dir(config) / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1  # one curve, not one per start
+
+
+def test_a_run_calling_sys_exit_outside_submitit_is_an_error_and_the_sweep_goes_on(loaded_plugin, tmp_path,
+                                                                                   monkeypatch):
+    from harness.plan import load_tasks, plan_runs
+
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    tasks = load_tasks(["tiny_bright"], None)
+    (config,) = plan_runs(["lora"], tasks, seeds=[0], compressions=None, backbone=None, pretrained=False,
+                          device=torch.device("cpu"), train_overrides={"epochs": 1}, threads=1)
+    task = tasks["tiny_bright"]
+    store = RunStore(tmp_path)
+
+    def exits(timeout, started):
+        def tick():
+            sys.exit(3)
+        return tick
+    monkeypatch.setattr(runner, "_deadline", exits)
+    record = runner.execute(config, task, store, torch.device("cpu"), lambda line: None,
+                            runner.RunOptions(checkpoint_every=1, save_adapters=False))
+    assert record["failure"] == "error" and record["reason"] == "the run called sys.exit(3) before finishing"
+    assert "SystemExit" in record["traceback"] and read_json(store.path(config))["failure"] == "error"
 
 
 # --- fault injection ------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ record, and ``results.csv`` is rebuilt from the files, never appended to.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -45,6 +46,8 @@ REPLACES, FORCED_RERUN = "replaces", "forced_rerun"
 # 2: records describe their method (roles, display order) and task (suite, group, classes, split sizes), so the
 # report needs no plugin registry. Records without ``schema`` are version 1; ``run.py migrate`` upgrades them.
 SCHEMA_VERSION = 2
+# A run folder we may read but not write: another user's runs, or a read-only mount. Such a folder is settled as read.
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _umask() -> int:
@@ -204,7 +207,9 @@ class RunStore:
         try:
             with folder_lock(self.claims.lock):  # the owner writes its final record before releasing its claim
                 return self._settled(path, write=True)
-        except PermissionError:  # a folder we may read, not write (another user's runs): settled as read
+        except OSError as error:
+            if error.errno not in READ_ONLY_ERRNOS:
+                raise
             return self._settled(path, write=False)
 
     def _settled(self, path: Path, write: bool) -> dict | None:

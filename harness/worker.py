@@ -1,7 +1,7 @@
 """A worker: executes one run in its own process, ``python -m harness.worker JOB_JSON`` (a
 :class:`harness.runner.WorkerJob`), for ``--executor local``; submitit calls :func:`run_job` with the same job
 on a Slurm node. Exit code: 0 ok, 1 failed (recorded), 3 claimed by another live process (nothing written), 130
-interrupted (recorded).
+stopped by Ctrl-C (the run, if it had started, recorded interrupted).
 """
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ VARIANTS = ("full", "tome-low", "tome-high", "pyra-low", "pyra-high")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("gpu_check")
     done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+                          capture_output=True, text=True, cwd=REPO,
+                          timeout=gpu_check.TINY_DEADLINE_S + 120)  # past the deadline: the measurement in flight
     return done, out
 
 
@@ -103,11 +104,44 @@ def test_agreement_counts_the_images_whose_logits_differ_from_the_cpus() -> None
     images = torch.randn(8, 3, 4, 4)
     same = gpu_check.agreement(torch.nn.Flatten().eval(), images, torch.device("cpu"))
     assert same == {"images": 8, "max_relative_diff": 0.0, "agreeing": 8, "same_top1": 8, "bf16_error": 0.0,
-                    "bf16_math_error": 0.0, "bf16_kernels_agree": True}
+                    "bf16_math_error": 0.0, "bf16_kernels_agree": True, "bf16_failure": None}
     # dropout left in training mode draws another mask on the copy: the two sides compute different functions
     noisy = gpu_check.agreement(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5)).train(), images,
                                 torch.device("cpu"))
     assert noisy["agreeing"] < 8 and noisy["max_relative_diff"] > gpu_check.AGREEMENT_TOLERANCE
+
+
+class _NoBf16Kernel(torch.nn.Flatten):
+    """A model whose bf16 forward has no kernel on this device (as some ops lack one on older GPUs)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("\"addmm_impl_cpu_\" not implemented for\n'BFloat16'")
+        return super().forward(images)
+
+
+def test_a_model_without_a_bf16_kernel_keeps_its_fp32_agreement_and_says_why_bf16_did_not_run() -> None:
+    result = gpu_check.agreement(_NoBf16Kernel().eval(), torch.randn(4, 3, 2, 2), torch.device("cpu"))
+    assert result["agreeing"] == 4 and result["max_relative_diff"] == 0.0
+    assert result["bf16_error"] is None and result["bf16_kernels_agree"] is None
+    assert result["bf16_failure"] == "\"addmm_impl_cpu_\" not implemented for 'BFloat16'"
+    section = "\n".join(gpu_check._agreement_lines([{"variant": "full", **result}]))
+    assert "- full in bf16 did not run: \"addmm_impl_cpu_\" not implemented for 'BFloat16'" in section
+
+
+class _RoundsInDefaultKernels(torch.nn.Flatten):
+    """A model bf16 leaves exact through the math kernel and moves by 5e-4 through the default ones."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        flat = super().forward(images)
+        rounding = torch.is_autocast_enabled("cpu") and torch.backends.cuda.flash_sdp_enabled()
+        return flat + 5e-4 * flat.abs().max() if rounding else flat  # 5e-4 of the largest logit
+
+
+def test_default_kernels_within_the_tolerance_agree_when_the_math_kernel_has_no_error() -> None:
+    result = gpu_check.agreement(_RoundsInDefaultKernels().eval(), torch.randn(4, 3, 2, 2), torch.device("cpu"))
+    assert result["bf16_math_error"] == 0.0 and result["bf16_error"] == pytest.approx(5e-4, rel=1e-3)
+    assert result["bf16_kernels_agree"]
 
 
 def test_bf16_agreement_tells_a_default_attention_kernel_that_drops_the_size_bias(monkeypatch, tiny_inference) -> None:

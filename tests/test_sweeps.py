@@ -1,6 +1,7 @@
 """Sweeps that survive: claims, dead runs, checkpoints, failure isolation, executors, progress and status."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -458,8 +459,12 @@ def test_status_shows_done_running_and_failed_runs(tmp_path):
     assert "(died)" in result.output and "seed 2" in result.output
 
 
-def test_status_of_a_folder_it_may_not_write_shows_a_dead_run_died_and_leaves_the_file(tmp_path, monkeypatch):
-    """Another user's run folder: its lock cannot be opened for writing, so a dead run is settled as read."""
+@pytest.mark.parametrize("refusal", [PermissionError(errno.EACCES, "Permission denied"),
+                                     OSError(errno.EROFS, "Read-only file system")], ids=["other-user", "read-only"])
+def test_status_of_a_folder_it_may_not_write_shows_a_dead_run_died_and_leaves_the_file(tmp_path, monkeypatch,
+                                                                                       refusal):
+    """Another user's run folder or a read-only mount: its lock cannot be opened for writing, so a dead run is
+    settled as read."""
     import harness.claims
 
     store = RunStore(tmp_path)
@@ -468,12 +473,27 @@ def test_status_of_a_folder_it_may_not_write_shows_a_dead_run_died_and_leaves_th
                        "executor": {"host": "vm", "pid": dead_pid()}})
 
     def read_only(lock):
-        raise PermissionError(13, "Permission denied", str(lock))
+        raise refusal
     monkeypatch.setattr(harness.claims, "folder_lock", read_only)
     result = run_cli("status", str(tmp_path))
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # none raised
     assert "1 failed" in result.output and "(died)" in result.output and "Traceback" not in result.output
     assert read_json(store.path(dead))["status"] == STATUS_RUNNING
+
+
+def test_settling_a_dead_run_does_not_hide_a_folder_error_other_than_a_refused_write(tmp_path, monkeypatch):
+    import harness.claims
+
+    store = RunStore(tmp_path)
+    (dead,) = configs_of(1)
+    store.write(dead, {"key": dead.key, "config": dead.to_dict(), "status": STATUS_RUNNING,
+                       "executor": {"host": "vm", "pid": dead_pid()}})
+
+    def disk_full(lock):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(harness.claims, "folder_lock", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        store.read(dead)
 
 
 def test_on_a_terminal_progress_is_a_bar_over_the_sweep_and_one_over_the_epochs(capsys):

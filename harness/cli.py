@@ -18,6 +18,7 @@ import torch
 
 from . import presets, registry
 from .backbones import describe_backbones
+from .claims import Claims
 from .errors import UserError
 from .vocabulary import NONE, named_levels
 from .measure import MeasureConfig, timing_presets
@@ -51,7 +52,7 @@ def _parse_ints(value: str | None, name: str, minimum: int = 1, maximum: int | N
     if value is None:
         return None
     try:
-        numbers = tuple(int(part) for part in _split(value))
+        numbers = tuple(dict.fromkeys(int(part) for part in _split(value)))  # 0,00: one seed, as 0,0
     except ValueError:
         raise click.BadParameter(f"'{value}' is not a comma-separated list of integers", param_hint=name) from None
     if not numbers or min(numbers) < minimum or (maximum is not None and max(numbers) > maximum):
@@ -67,6 +68,16 @@ def _check_writable(folder: Path, what: str, fix: str) -> None:
             pass
     except OSError as exc:
         raise UserError(f"{what} {folder} is not writable ({exc.strerror or exc}); {fix}") from None
+
+
+def _check_claims_lock(folder: Path) -> None:
+    """A run folder another user made: its lock file, which every sweep writes to claim a run, is theirs; with
+    their umask 022 the folder is group-writable and the lock is not, and the first claim would fail."""
+    lock = Claims(folder).lock
+    if lock.exists() and not os.access(lock, os.W_OK):
+        raise UserError(f"{lock}, which every sweep in {folder} writes to claim its runs, is not writable by you; "
+                        f"ask its owner to run chmod g+w {lock} (or to share the folder under umask 002), or choose "
+                        f"another --out")
 
 
 def _print_tasks(tasks: dict[str, TaskData], selection: str) -> None:
@@ -377,6 +388,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
                                    max_spread=max_spread, refuse_noisy=refuse_noisy or None)
     if not dry_run:
         _check_writable(out, "output folder", "choose another with --out")
+        _check_claims_lock(out)
     _check_writable(cache_dir(), "the data cache", "point $ADAPTBENCH_CACHE at a writable folder")
     started = time.perf_counter()
     click.echo(f"Preparing {len(task_names)} task(s): {', '.join(task_names)}")

@@ -42,12 +42,17 @@ from .pipeline import Log, noisy_refusal, train_and_measure
 from .progress import SweepProgress
 from .results import environment
 from .store import (REPLACES, RETRIED, SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, STATUS_RUNNING, RunStore,
-                    attempt_outcome, finished_of, read_json, with_forced_rerun, written_by)
+                    attempt_outcome, finished_of, is_run_record, read_json, with_forced_rerun, written_by)
 
 Executor = Callable[[RunConfig], "dict | None"]
 WAIT_SECONDS = 2.0  # how often a sweep looks again at runs another process is running
+# Set by submitit's checkpoint hook (:meth:`harness.worker.SubmititRun.checkpoint`), which its signal handler calls
+# just before it exits the process, the job requeued, or raises UncompletedJobError: a SystemExit after it is
+# submitit's; any other is the run's own.
+TOLD_TO_STOP = threading.Event()
 KEEPS_CHECKPOINT = ("timeout", "interrupted", "stopped")  # failures a rerun resumes from the checkpoint
 EXIT_CLAIMED = 3  # a worker's exit code: another live process had claimed its config
+EXIT_INTERRUPTED = 130  # a worker's exit code when stopped by Ctrl-C: a shell's for a process ended by SIGINT (128 + 2)
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ def _execute(config: RunConfig, task: TaskData, store: RunStore, device: torch.d
         record.update(status=STATUS_FAILED, failure="interrupted", reason="interrupted by the user")
         raise
     except SystemExit as exc:
-        if not os.environ.get("SUBMITIT_EXECUTOR"):  # the run's own code called sys.exit: a bug, as any exception
+        if not TOLD_TO_STOP.is_set():  # the run's own code called sys.exit: a bug, as any exception
             record.update(status=STATUS_FAILED, failure="error", traceback=traceback.format_exc(),
                           reason=f"the run called sys.exit({exc.code!r}) before finishing")
         else:  # submitit's signal handler, once it has requeued the job (preempted, out of time)
@@ -217,10 +222,16 @@ def inline_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.d
                                   on_epoch=None if progress is None else progress.epochs(config))
 
 
+# A worker process's entry, as ``python -m harness.worker`` but for a Ctrl-C while it imports (torch takes
+# seconds): that too exits 130 quietly, where -m would print a KeyboardInterrupt traceback to the sweep's terminal.
+WORKER_ENTRY = ("import sys\ntry:\n    from harness.worker import main\nexcept KeyboardInterrupt:\n"
+                f"    sys.exit({EXIT_INTERRUPTED})\nsys.exit(main(sys.argv[1:]))")
+
+
 @dataclass(frozen=True)
 class WorkerJob:
-    """One run as a worker process (``python -m harness.worker``) or a submitit job executes it: everything it
-    needs, as plain data (JSON for the command line, a pickle for submitit)."""
+    """One run as a worker process (:data:`WORKER_ENTRY`) or a submitit job executes it: everything it needs, as
+    plain data (JSON for the command line, a pickle for submitit)."""
 
     config: dict
     out: str
@@ -231,7 +242,7 @@ class WorkerJob:
     executor: dict
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "harness.worker", json.dumps(asdict(self))]
+        return [sys.executable, "-c", WORKER_ENTRY, json.dumps(asdict(self))]
 
 
 def worker_job(config: RunConfig, store: RunStore, device: str, data_root: Path | None, plugins: Sequence[str],
@@ -306,34 +317,40 @@ class LocalExecutor:
                                           stderr=subprocess.STDOUT).returncode
         except subprocess.TimeoutExpired:  # subprocess.run killed it
             return self._failed(config, "timeout", f"the worker process outlived --timeout "
-                                                   f"{self.options.timeout:g} s and was killed")
+                                                   f"{self.options.timeout:g} s and was killed",
+                                read_json(self.store.path(config)))
         if code == EXIT_CLAIMED:
             return None
         record = self.store.read(config)  # a worker that died after starting is settled as died here
         if record is None or record.get("status") == STATUS_RUNNING or (code != 0 and not written_by(record, attempt)):
             where = f"; see {log}" if log else " (see its output above)"
             return self._failed(config, "died", f"the worker process exited with code {code} before "
-                                                f"finishing{where}")
+                                                f"finishing{where}", record)
         return attempt_outcome(record, attempt)
 
-    def _failed(self, config: RunConfig, failure: str, reason: str) -> dict | None:
-        return write_failure(config, self.tasks[config.task], self.store, failure, reason)
+    def _failed(self, config: RunConfig, failure: str, reason: str, seen: dict | None) -> dict | None:
+        return write_failure(config, self.tasks[config.task], self.store, failure, reason, seen)
 
 
 def write_failure(config: RunConfig, task: TaskData, store: RunStore, failure: str, reason: str,
-                  record: dict | None = None, job_id: str | None = None) -> dict | None:
-    """Record ``config`` as failed, of kind ``failure``, where its executor saw it end unfinished: ``record``
-    (what it had written, if anything) or a new one, marked failed and written back, its adapter removed; or, where
-    a finished run is on file (a forced rerun's), that run written back with a note of the failure, its adapter
-    kept. Returns the failed record; None, writing nothing, when another live process has claimed the config since
-    (a sweep beside ours found the run dead and runs it: its files are its own). ``job_id``: the Slurm job that
-    ran it and has ended, whose claim (its heartbeat still fresh where the job was killed) is taken over at once."""
+                  seen: dict | None, job_id: str | None = None) -> dict | None:
+    """Record ``config`` as failed, of kind ``failure``, where its executor saw it end unfinished. ``seen``: the
+    record the executor found then (the run's own, if it wrote one; a finished run a forced rerun replaces; or
+    None), marked failed and written back, its adapter removed; or, where a finished run is on file (a forced
+    rerun's), that run written back with a note of the failure, its adapter kept. Returns the failed record;
+    None, writing nothing, when another live process has claimed the config since (a sweep beside ours found the
+    run dead and runs it: its files are its own); the stored record, writing nothing, when another process has
+    recorded the config since (a sweep run meanwhile finished it). ``job_id``: the Slurm job that ran it and has
+    ended, whose claim (its heartbeat still fresh where the job was killed) is taken over at once."""
     claim = store.claims.take(config.file_stem, {"name": "failure record", "job_id": job_id, "log": None})
     if claim is None:
         return None
     with claim:
-        finished = finished_of(record) or finished_of(read_json(store.path(config)))
-        record = {**(record or new_record(config, task)), "status": STATUS_FAILED, "failure": failure,
+        stored = read_json(store.path(config))
+        if stored != seen and is_run_record(stored) and stored["status"] != STATUS_RUNNING:
+            return stored  # a waiting sweep looks hours after its job died: a later sweep may have run it since
+        finished = finished_of(seen) or finished_of(stored)
+        record = {**(seen or new_record(config, task)), "status": STATUS_FAILED, "failure": failure,
                   "reason": reason}
         record.pop(REPLACES, None)
         store.new_adapter_path(config).unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """A worker: executes one run in its own process, ``python -m harness.worker JOB_JSON`` (a
-:class:`harness.runner.WorkerJob`), for ``--executor local``; submitit calls :func:`run_job` with the same job
-on a Slurm node. Exit code: 0 ok, 1 failed (recorded), 3 claimed by another live process (nothing written), 130
-stopped by Ctrl-C (the run, if it had started, recorded interrupted).
+:class:`harness.runner.WorkerJob`; the local executor starts it as :data:`harness.runner.WORKER_ENTRY`), for
+``--executor local``; submitit calls :func:`run_job` with the same job on a Slurm node. Exit code: 0 ok, 1 failed
+(recorded), 3 claimed by another live process (nothing written), 130 stopped by Ctrl-C (the run, if it had
+started, recorded interrupted).
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from . import registry
+from . import registry, runner
 from .config import RunConfig
 from .plan import load_tasks, resolve_device
-from .runner import EXIT_CLAIMED, RunOptions, WorkerJob, execute
+from .runner import EXIT_CLAIMED, EXIT_INTERRUPTED, RunOptions, WorkerJob, execute
 from .store import STATUS_OK, RunStore
 
 
@@ -55,10 +56,8 @@ class SubmititRun:
     def checkpoint(self):  # submitit's hook, called when the job is told to stop; the run records "stopped"
         import submitit
 
+        runner.TOLD_TO_STOP.set()
         return submitit.helpers.DelayedSubmission(SubmititRun(self.job))
-
-
-EXIT_INTERRUPTED = 130  # a shell's code for a process ended by Ctrl-C (128 + SIGINT)
 
 
 def main(argv: list[str]) -> int:

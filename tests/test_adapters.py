@@ -311,7 +311,8 @@ def test_an_executor_that_sees_a_forced_rerun_end_unfinished_keeps_the_finished_
     store, run = RunStore(tmp_path), config()
     task = harness.registry.get_task("tiny_bright").fn(None)
     finished = _finished_run(monkeypatch, store, task)
-    failed = runner.write_failure(run, task, store, "timeout", "the worker process outlived --timeout 5 s")
+    failed = runner.write_failure(run, task, store, "timeout", "the worker process outlived --timeout 5 s",
+                                  store.read(run))
     assert failed["status"] == STATUS_FAILED and failed["failure"] == "timeout"
     kept = store.read(run)
     assert kept["forced_rerun"]["failure"] == "timeout" and kept["metrics"] == finished["metrics"]
@@ -326,13 +327,33 @@ def test_a_failure_is_not_written_over_a_run_that_another_live_process_has_claim
     held = store.claims.take(run.file_stem, {"name": "local", "job_id": "1.worker0"})
     store.write(run, {**runner.new_record(run, task), "executor": {"name": "local"}})
     store.new_adapter_path(run).write_bytes(b"the new owner's")
-    assert runner.write_failure(run, task, store, "died", "the worker process exited with code -9") is None
+    seen = store.read(run)
+    assert runner.write_failure(run, task, store, "died", "the worker process exited with code -9", seen) is None
     assert store.read(run)["status"] == STATUS_RUNNING and store.new_adapter_path(run).exists()
     assert store.claims.owner(run.file_stem) is not None
     held.release()
-    failed = runner.write_failure(run, task, store, "died", "the worker process exited with code -9")
+    failed = runner.write_failure(run, task, store, "died", "the worker process exited with code -9", seen)
     assert failed["failure"] == "died" and store.read(run)["failure"] == "died"
     assert not store.new_adapter_path(run).exists() and store.claims.owner(run.file_stem) is None
+
+
+@pytest.mark.parametrize("since", ["ok", "failed"])
+def test_a_failure_is_not_written_over_a_record_another_process_wrote_since_the_executor_looked(loaded_plugin,
+                                                                                                 tmp_path, since):
+    """A waiting sweep reaches its killed job hours later: a sweep run meanwhile has run the config again and
+    recorded it. Its record and adapter stand, and are what the config came to."""
+    store, run = RunStore(tmp_path), config()
+    task = harness.registry.get_task("tiny_bright").fn(None)
+    store.write(run, {**runner.new_record(run, task), "executor": {"name": "slurm", "attempt": "killed"}})
+    seen = store.read(run)
+    later = {**runner.new_record(run, task), "executor": {"name": "slurm", "attempt": "later"}, "status": since,
+             **({"metrics": {"test_acc_best": 1.0}} if since == STATUS_OK else {"failure": "nan", "reason": "NaN"})}
+    store.write(run, later)
+    later = store.read(run)  # as written: lists for tuples
+    store.adapter_path(run).write_bytes(b"the later run's")
+    assert runner.write_failure(run, task, store, "died", "Slurm job 42_3 ended without finishing the run", seen,
+                                "42_3") == later
+    assert store.read(run) == later and store.adapter_path(run).read_bytes() == b"the later run's"
 
 
 def test_a_forced_rerun_of_a_task_whose_data_went_bad_keeps_the_finished_run(monkeypatch, loaded_plugin, tmp_path):

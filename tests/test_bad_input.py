@@ -207,8 +207,9 @@ def test_values_the_runs_would_refuse_are_refused_before_any_run(plugin_file, ar
     assert result.exit_code == 2 and message in result.output
 
 
-def test_a_name_given_twice_runs_once(plugin_file):
-    result = CliRunner().invoke(main, ["--plugins", str(plugin_file), "--methods", "bitfit,bitfit", "--seeds", "0,0",
+@pytest.mark.parametrize("seeds", ["0,0", "0,00"])
+def test_a_name_given_twice_runs_once(plugin_file, seeds):
+    result = CliRunner().invoke(main, ["--plugins", str(plugin_file), "--methods", "bitfit,bitfit", "--seeds", seeds,
                                        "--tasks", "tiny", "--dry-run", "--no-estimate"])
     assert result.exit_code == 0 and result.output.count("[1/1] bitfit / tiny_bright") == 1, result.output
 

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -117,6 +118,21 @@ def test_unwritable_output_folder(tmp_path):
     locked.mkdir(mode=0o500)
     result = CliRunner().invoke(main, ["--out", str(locked / "runs"), "--tasks", "count"])
     assert result.exit_code == 2 and "is not writable" in result.output
+
+
+def test_a_run_folder_whose_claims_lock_another_user_made_stops_the_sweep_in_one_line(monkeypatch, tmp_path):
+    from harness.claims import LOCK_NAME
+
+    lock = tmp_path / "runs" / LOCK_NAME
+    lock.parent.mkdir()
+    lock.touch()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == lock else access(path, mode))
+    result = CliRunner().invoke(main, ["--out", str(lock.parent), "--tasks", "count", "--epochs", "1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"error: {lock}, which every sweep in {lock.parent} writes to claim its runs, is not writable" \
+        in result.output
+    assert [path.name for path in lock.parent.iterdir()] == [LOCK_NAME]  # stopped before any run
 
 
 def test_output_path_that_is_a_file_is_not_writable(tmp_path):

@@ -1,6 +1,9 @@
 """The executors' seam, the run store and what a run records about its device and host allocator."""
 import json
 import platform
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -60,14 +63,24 @@ def test_a_worker_runs_on_the_device_and_with_the_options_it_is_given(monkeypatc
     assert executed[0][6]["name"] == "local"
 
 
-def test_a_worker_stopped_by_ctrl_c_exits_130_without_a_traceback(monkeypatch, loaded_plugin, tmp_path, capfd):
+def test_a_worker_stopped_by_ctrl_c_records_the_run_interrupted_and_returns_130(monkeypatch, loaded_plugin,
+                                                                                   tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(runner, "train_and_measure", interrupted)
     store = RunStore(tmp_path)
     job = runner.worker_job(config(), store, "cpu", None, [], runner.RunOptions(), {"name": "local"})
-    assert worker.main(job.command()[-1:]) == worker.EXIT_INTERRUPTED
-    assert store.read(config())["failure"] == "interrupted" and "Traceback" not in "".join(capfd.readouterr())
+    assert worker.main(job.command()[-1:]) == runner.EXIT_INTERRUPTED  # returned, not raised to its stderr
+    assert store.read(config())["failure"] == "interrupted"
+
+
+def test_a_worker_stopped_by_ctrl_c_while_it_imports_exits_130_without_a_traceback(tmp_path):
+    job = runner.worker_job(config(), RunStore(tmp_path), "cpu", None, [], runner.RunOptions(), {"name": "local"})
+    process = subprocess.Popen(job.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # in its imports: torch's alone take seconds
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == runner.EXIT_INTERRUPTED and "Traceback" not in stderr, stderr
 
 
 def test_a_run_uses_the_threads_its_config_names(monkeypatch, loaded_plugin, tmp_path):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from submitit.core.utils import UncompletedJobError
 
-from harness import runner
+from harness import runner, worker
 from harness.claims import Claims
 from harness.cli import main
 from harness.config import RunConfig
@@ -253,6 +254,7 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_p
     from harness.plan import load_tasks, plan_runs
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # as on a Slurm node, where submitit raises the last two
+    monkeypatch.setattr(runner, "TOLD_TO_STOP", threading.Event())  # this test's, unset again by undo()
 
     tasks = load_tasks(["tiny_bright"], None)
     task = tasks["tiny_bright"]
@@ -270,6 +272,8 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_p
         def tick():
             steps.append(1)
             if len(steps) == 7:  # in epoch 4 of 6 (two steps an epoch): epoch 3's checkpoint is the last
+                if not isinstance(stop, type):  # submitit's signal handler calls the job's hook, then raises
+                    worker.SubmititRun(None).checkpoint()
                 raise stop
         return tick
 
@@ -291,11 +295,16 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(loaded_p
     assert len(events) == 1  # one curve, not one per start
 
 
-def test_a_run_calling_sys_exit_outside_submitit_is_an_error_and_the_sweep_goes_on(loaded_plugin, tmp_path,
-                                                                                   monkeypatch):
+@pytest.mark.parametrize("submitit_job", [False, True], ids=["outside-submitit", "in-a-submitit-job"])
+def test_a_run_calling_sys_exit_itself_is_an_error_and_the_sweep_goes_on(loaded_plugin, tmp_path, monkeypatch,
+                                                                         submitit_job):
+    """Only submitit's exit, after it called the job's checkpoint hook, stops a run; its own sys.exit is a bug."""
     from harness.plan import load_tasks, plan_runs
 
-    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    if submitit_job:
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    else:
+        monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     tasks = load_tasks(["tiny_bright"], None)
     (config,) = plan_runs(["lora"], tasks, seeds=[0], compressions=None, backbone=None, pretrained=False,
                           device=torch.device("cpu"), train_overrides={"epochs": 1}, threads=1)

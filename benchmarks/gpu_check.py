@@ -2,9 +2,9 @@
 no weights, reported against the project's targets.
 
     python benchmarks/gpu_check.py [--device cuda] [--out gpu_check] [--budget-scale 1.0] [--deadline 420]
-    python benchmarks/gpu_check.py --tiny --device cpu --out /tmp/gpu_check    # smoke run, 1-2 minutes
+    python benchmarks/gpu_check.py --tiny --device cpu --out /tmp/gpu_check    # smoke run, about a minute
 
-What it measures (random-init timm ViT-B/16 and ViT-S/16; ``--tiny``: the micro ViTs at 32 px, tiny batches
+What it measures (random-init timm ViT-B/16 and ViT-S/16; ``--tiny``: micro-S at 32 px as both, tiny batches
 and budgets, to test the script on a CPU):
 
 - data: a generated VTAB-1k-layout task (``train800val200``: 1,000 training images, and 2,000 test images, at
@@ -122,9 +122,8 @@ REPEAT_VARIANT, REPEAT_PRECISION = "full", "fp32"
 COMPILED_VARIANTS, COMPILED_PRECISION = ("full", "tome-high"), "bf16"
 COMPILED_RESERVE_S = 120.0
 
-# Seconds after which no measurement starts. The tiny run took 120 s on a 2-core AMD EPYC VM with AVX2 alone, no
-# AVX-512 or bf16 instructions, where its bf16 training steps ran 8x slower than fp32 ones: the tiny deadline leaves
-# a slower CPU room to measure everything.
+# Seconds after which no measurement starts; the tiny deadline leaves a slow CPU room to measure everything (see
+# TINY: bf16 on a CPU without its instructions).
 DEADLINE_S, TINY_DEADLINE_S = 420.0, 300.0
 # The inference models' fp32 logits on the device against the same weights on the CPU (the path the CPU tests check
 # against the original ToMe): whether the device's kernels (fused attention with the size bias, the merge's gathers
@@ -235,7 +234,9 @@ class Scale:
 
 
 FULL = Scale("vit_base_patch16_224", "vit_small_patch16_224", 224, 800, 200, 2000, 32, TEST_BATCH, 256)
-TINY = Scale("vit_micro_base_patch4_32", "vit_micro_small_patch4_32", 32, 12, 4, 32, 8, 16, 16)
+# micro-S as the big model too: a CPU without bf16 instructions runs bf16 ~8x slower than fp32, and micro-B's
+# bf16 cells alone took a minute there (the tiny run: 120 s with micro-B, 65 s with micro-S, 2-core AMD EPYC VM).
+TINY = Scale("vit_micro_small_patch4_32", "vit_micro_small_patch4_32", 32, 12, 4, 32, 8, 16, 16)
 
 
 def unmet_requirements(names: tuple[str, ...] = ("torch", "timm")) -> list[str]:
@@ -1229,7 +1230,8 @@ def main() -> int:
                         help="micro backbones at 32 px, tiny splits, batches and budgets: a CPU smoke run")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every seconds budget")
     parser.add_argument("--deadline", type=float, default=None,
-                        help=f"seconds after which no measurement starts (default {DEADLINE_S:g}; --tiny {TINY_DEADLINE_S:g})")
+                        help=f"seconds after which no measurement starts (default {DEADLINE_S:g}; "
+                             f"--tiny {TINY_DEADLINE_S:g})")
     args = parser.parse_args()
     if args.budget_scale <= 0:
         parser.error("--budget-scale must be positive")

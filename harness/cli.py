@@ -293,7 +293,7 @@ MATCH_TOLERANCE = 0.10
 def run(**options: object) -> None:
     """Adapt pretrained ViTs with each method on each task, then measure accuracy, speed, memory and FLOPs.
 
-    With no options it runs the offline default on the CPU in four to nine minutes: LoRA, tome and PYRA at high
+    With no options it runs the offline default on the CPU in four to ten minutes: LoRA, tome and PYRA at high
     compression and the small model matched to them in speed, on the embedded task suite, then the report
     (leaderboard, Pareto plot, Adverse Compression verdict). Each run writes one JSON file to --out;
     results.csv aggregates them.

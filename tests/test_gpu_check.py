@@ -149,7 +149,7 @@ def test_bf16_agreement_tells_a_default_attention_kernel_that_drops_the_size_bia
     images = torch.randn(16, 3, gpu_check.TINY.image_size, gpu_check.TINY.image_size,
                          generator=torch.Generator().manual_seed(0))
     sound = gpu_check.agreement(models["tome-high"], images, torch.device("cpu"))
-    assert sound["bf16_kernels_agree"] and 0 < sound["bf16_error"] < 0.05
+    assert sound["bf16_kernels_agree"] and 0 < sound["bf16_error"] < 0.1  # micro-S: 0.073, the broken kernel 0.25
 
     attention = torch.nn.functional.scaled_dot_product_attention
 

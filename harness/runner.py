@@ -223,9 +223,14 @@ def inline_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.d
 
 
 # A worker process's entry, as ``python -m harness.worker`` but for a Ctrl-C while it imports (torch takes
-# seconds): that too exits 130 quietly, where -m would print a KeyboardInterrupt traceback to the sweep's terminal.
-WORKER_ENTRY = ("import sys\ntry:\n    from harness.worker import main\nexcept KeyboardInterrupt:\n"
-                f"    sys.exit({EXIT_INTERRUPTED})\nsys.exit(main(sys.argv[1:]))")
+# seconds): that exits 130 at once and quietly, as nothing has started. Raising KeyboardInterrupt there is not
+# enough: torch's C extension swallows any exception while it imports numpy, and Python 3.11 turns one raised in a
+# class body's __set_name__ into a RuntimeError, so a Ctrl-C in those moments was lost or became a traceback.
+WORKER_ENTRY = ("import os, signal, sys\n"
+                f"signal.signal(signal.SIGINT, lambda number, frame: os._exit({EXIT_INTERRUPTED}))\n"
+                "from harness.worker import main\n"
+                "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                "sys.exit(main(sys.argv[1:]))")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The executors' seam, the run store and what a run records about its device and host allocator."""
 import json
+import os
 import platform
 import signal
 import subprocess
+import textwrap
 import time
 
 import pytest
@@ -81,6 +83,35 @@ def test_a_worker_stopped_by_ctrl_c_while_it_imports_exits_130_without_a_traceba
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == runner.EXIT_INTERRUPTED and "Traceback" not in stderr, stderr
+
+
+CTRL_C_AT_IMPORT = textwrap.dedent('''
+    import os, signal, sys
+
+
+    class CtrlCAt:
+        """Sends this process SIGINT as the import of $CTRL_C_AT begins."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name == os.environ["CTRL_C_AT"]:
+                sys.meta_path.remove(self)
+                os.kill(os.getpid(), signal.SIGINT)
+            return None
+
+
+    sys.meta_path.insert(0, CtrlCAt())
+''')
+
+
+def test_a_ctrl_c_while_torch_imports_numpy_stops_the_worker_too(tmp_path):
+    """torch's C extension imports numpy and swallows any exception raised there, a KeyboardInterrupt too."""
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_AT_IMPORT)
+    job = runner.worker_job(config(), RunStore(tmp_path / "runs"), "cpu", None, [], runner.RunOptions(),
+                            {"name": "local"})
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    process = subprocess.run(job.command(), capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": path, "CTRL_C_AT": "numpy"})
+    assert process.returncode == runner.EXIT_INTERRUPTED and "Traceback" not in process.stderr, process.stderr
 
 
 def test_a_run_uses_the_threads_its_config_names(monkeypatch, loaded_plugin, tmp_path):

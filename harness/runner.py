@@ -226,10 +226,13 @@ def inline_executor(tasks: dict[str, TaskData], store: RunStore, device: torch.d
 # seconds): that exits 130 at once and quietly, as nothing has started. Raising KeyboardInterrupt there is not
 # enough: torch's C extension swallows any exception while it imports numpy, and Python 3.11 turns one raised in a
 # class body's __set_name__ into a RuntimeError, so a Ctrl-C in those moments was lost or became a traceback.
+# A worker of a sweep started in the background by a script inherits SIGINT ignored, and keeps it ignored.
 WORKER_ENTRY = ("import os, signal, sys\n"
-                f"signal.signal(signal.SIGINT, lambda number, frame: os._exit({EXIT_INTERRUPTED}))\n"
+                "interrupt = signal.getsignal(signal.SIGINT)\n"
+                "if interrupt is not signal.SIG_IGN:\n"
+                f"    signal.signal(signal.SIGINT, lambda number, frame: os._exit({EXIT_INTERRUPTED}))\n"
                 "from harness.worker import main\n"
-                "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                "signal.signal(signal.SIGINT, interrupt)\n"
                 "sys.exit(main(sys.argv[1:]))")
 
 

@@ -90,11 +90,14 @@ CTRL_C_AT_IMPORT = textwrap.dedent('''
 
 
     class CtrlCAt:
-        """Sends this process SIGINT as the import of $CTRL_C_AT begins."""
+        """Sends this process SIGINT as the import of each module named in $CTRL_C_AT (comma-separated) begins."""
+
+        def __init__(self):
+            self.modules = set(os.environ["CTRL_C_AT"].split(","))
 
         def find_spec(self, name, path=None, target=None):
-            if name == os.environ["CTRL_C_AT"]:
-                sys.meta_path.remove(self)
+            if name in self.modules:
+                self.modules.discard(name)
                 os.kill(os.getpid(), signal.SIGINT)
             return None
 
@@ -103,15 +106,37 @@ CTRL_C_AT_IMPORT = textwrap.dedent('''
 ''')
 
 
+def ctrl_c_at(tmp_path, modules: str) -> dict:
+    """The environment of a process that gets a Ctrl-C as each of ``modules`` starts to import."""
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_AT_IMPORT)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "CTRL_C_AT": modules}
+
+
 def test_a_ctrl_c_while_torch_imports_numpy_stops_the_worker_too(tmp_path):
     """torch's C extension imports numpy and swallows any exception raised there, a KeyboardInterrupt too."""
-    (tmp_path / "sitecustomize.py").write_text(CTRL_C_AT_IMPORT)
     job = runner.worker_job(config(), RunStore(tmp_path / "runs"), "cpu", None, [], runner.RunOptions(),
                             {"name": "local"})
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     process = subprocess.run(job.command(), capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": path, "CTRL_C_AT": "numpy"})
+                             env=ctrl_c_at(tmp_path, "numpy"))
     assert process.returncode == runner.EXIT_INTERRUPTED and "Traceback" not in process.stderr, process.stderr
+
+
+def test_a_worker_of_a_sweep_that_ignores_ctrl_c_ignores_it_while_it_imports_and_runs(loaded_plugin, tmp_path):
+    """A sweep a script starts in the background inherits SIGINT ignored: a Ctrl-C meant for the foreground
+    leaves its workers alone, in their imports (numpy) and in the run (tensorboard loads as training starts)."""
+    from harness.plan import load_tasks, plan_runs
+
+    (planned,) = plan_runs(["lora"], load_tasks(["tiny_bright"], None), seeds=[0], compressions=None, backbone=None,
+                           pretrained=False, device=torch.device("cpu"), train_overrides={"epochs": 1}, threads=1)
+    store = RunStore(tmp_path / "runs")
+    job = runner.worker_job(planned, store, "cpu", None, [str(loaded_plugin)], runner.RunOptions(save_adapters=False),
+                            {"name": "local"})
+    process = subprocess.run(job.command(), capture_output=True, text=True, timeout=300,
+                             env=ctrl_c_at(tmp_path, "numpy,torch.utils.tensorboard"),
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert process.returncode == 0, (process.returncode, store.read(planned))
+    assert store.read(planned)["status"] == STATUS_OK
 
 
 def test_a_run_uses_the_threads_its_config_names(monkeypatch, loaded_plugin, tmp_path):

@@ -209,9 +209,11 @@ MATCH_TOLERANCE = 0.10
               help="Comma-separated batch sizes of the inference throughput sweep; the first gives the headline "
                    "figure, 1 adds batch-1 latency.  [default: 64; 512 with --bench-preset pyra]")
 @click.option("--bench-preset", type=click.Choice(timing_presets()), default="default", show_default=True,
+              envvar="ADAPTBENCH_BENCH_PRESET",
               help="Timing protocol, a table of harness/presets/timing.toml: default (warm-up of at least 3 "
-                   "iterations and 1 s, then 7 timed repeats of 2 iterations) or pyra (batch 512, fp32, 10 s "
-                   "warm-up, 10 s timed, as PYRA measured).")
+                   "iterations and 1 s, then 7 timed repeats of 2 iterations), pyra (batch 512, fp32, 10 s "
+                   "warm-up, 10 s timed, as PYRA measured) or quick (default without the 1 s, for smoke runs; "
+                   "figures can read low, and the report says so); also $ADAPTBENCH_BENCH_PRESET.")
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None,
               help="Measure inference under autocast at this precision.  [default: fp32, as PYRA]")
 @click.option("--compile", "compile_model", is_flag=True, help="Measure inference of torch.compile(model).")

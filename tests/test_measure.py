@@ -1,5 +1,7 @@
+import dataclasses
 import itertools
 import platform
+from pathlib import Path
 
 import pytest
 import timm
@@ -226,3 +228,36 @@ def test_inference_timing_sets_the_allocator(monkeypatch, fresh_allocator_settin
     inference_throughput(tiny_vit(), 16, torch.device("cpu"), batch_size=2, settings=quick)
     assert len(calls) == 2
 
+
+
+def test_the_quick_preset_is_the_default_protocol_with_the_tables_own_changes():
+    from harness.measure import MeasureConfig
+    from harness.presets import tomllib
+
+    with (Path(harness.__file__).parent / "presets" / "timing.toml").open("rb") as handle:
+        table = tomllib.load(handle)["quick"]
+    assert table and MeasureConfig.preset("quick") == dataclasses.replace(MeasureConfig(), **table)
+    assert MeasureConfig.preset("quick").warmup_seconds == 0 < MeasureConfig().warmup_seconds
+
+
+@pytest.mark.parametrize("environment, option, expected", [(None, None, "default"), ("quick", None, "quick"),
+                                                           ("quick", "pyra", "pyra")])
+def test_the_timing_preset_is_taken_from_the_environment_unless_the_option_names_one(
+        plugin_file, tmp_path, monkeypatch, environment, option, expected):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+    from harness.measure import MeasureConfig
+    from harness.plan import load_tasks, plan_runs
+
+    monkeypatch.delenv("ADAPTBENCH_BENCH_PRESET", raising=False)
+    if environment:
+        monkeypatch.setenv("ADAPTBENCH_BENCH_PRESET", environment)
+    chosen = ["--bench-preset", option] if option else []
+    result = CliRunner().invoke(main, ["--plugins", str(plugin_file), "--methods", "lora", "--tasks", "tiny_bright",
+                                       "--dry-run", "--no-estimate", "--out", str(tmp_path), *chosen])
+    assert result.exit_code == 0, result.output
+    (planned,) = plan_runs(["lora"], load_tasks(["tiny_bright"], None), seeds=[0], compressions=None, backbone=None,
+                           pretrained=None, device=torch.device("cpu"), train_overrides={},
+                           measure=MeasureConfig.preset(expected))
+    assert planned.file_stem in result.output

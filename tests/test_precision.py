@@ -256,3 +256,12 @@ def test_each_compiling_run_starts_from_cleared_dynamo_caches(plugin_file, tmp_p
         result = invoke(*common, flag, "--out", str(tmp_path / flag.strip("-")))
         assert result.exit_code == 0 and "2 ok, 0 failed" in result.output, result.output
         assert len(resets) == 2
+
+
+def test_the_report_notes_runs_timed_without_a_warm_up_time(tmp_path):
+    quick, default = (run_record("lora", "count", seed=seed) for seed in range(2))
+    quick["config"]["measure"]["warmup_seconds"] = 0.0
+    notes = _notes(tmp_path, "quick", [quick, default])
+    assert "1 of 2 runs were timed without a warm-up time (--bench-preset quick): their throughput can read low" \
+        in notes
+    assert not any("warm-up" in note for note in _notes(tmp_path, "warmed", [default]))

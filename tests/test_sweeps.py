@@ -391,7 +391,8 @@ def test_jobs_need_the_local_executor():
     assert result.exit_code == 2 and "add --executor local" in result.output
 
 
-def test_local_workers_split_the_cpu_threads_and_record_them(plugin_file, tmp_path):
+def test_local_workers_split_the_cpu_threads_and_record_them(plugin_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("ADAPTBENCH_BENCH_PRESET")  # the configs below are planned with the default protocol
     result = run_cli("--plugins", str(plugin_file), "--methods", "lora", "--tasks", "tiny_bright", "--dry-run",
                      "--no-estimate", "--executor", "local", "--jobs", "2", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output

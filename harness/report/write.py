@@ -86,6 +86,16 @@ def training_settings(runs: pd.DataFrame) -> list[str]:
     return notes
 
 
+def timing_settings(runs: pd.DataFrame) -> list[str]:
+    """Runs timed without a warm-up time (``--bench-preset quick``): a process's first figures can read low, so
+    their throughput is a smoke test's, not a leaderboard's."""
+    unwarmed = int(runs["measure_warmup_seconds"].eq(0).sum()) if "measure_warmup_seconds" in runs else 0
+    if not unwarmed:
+        return []
+    return [f"{unwarmed} of {len(runs)} runs were timed without a warm-up time (--bench-preset quick): their "
+            f"throughput can read low"]
+
+
 def _write_table(frame: pd.DataFrame, markdown: str, folder: Path, stem: str) -> list[Path]:
     csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
     frame.to_csv(csv_path, index=False)
@@ -118,7 +128,7 @@ def write_suite_report(runs: pd.DataFrame, folder: Path, *, compare: Sequence[tu
     if 0 < on_train_only < len(runs):
         report.warnings.append(f"{on_train_only} of {len(runs)} runs trained on the train split alone (--selection "
                                f"val), the others on train + val: rows may mix the two protocols")
-    report.warnings += training_settings(runs)
+    report.warnings += training_settings(runs) + timing_settings(runs)
     report.warnings += pooled_data(runs) + pooled_seeds(runs)
     report.written += _write_table(board, leaderboard_markdown(board), folder, "leaderboard")
     plots, skipped_plots = write_pareto_plots(board, folder, methods)

@@ -331,7 +331,9 @@ def _with_preset(options: dict) -> dict:
     if name in (None, "list"):
         return {**options, "train_defaults": {}, "list_presets": name == "list", "paper": None}
     context = click.get_current_context()
-    explicit = {key for key in options if context.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
+    # Only the command line overrides a preset: an environment variable ($ADAPTBENCH_BENCH_PRESET=quick for smoke
+    # runs) is a default, and a paper preset reproduces its paper's protocol over it.
+    explicit = {key for key in options if context.get_parameter_source(key) is click.core.ParameterSource.COMMANDLINE}
     preset = presets.paper_presets()[name]
     options, train_defaults = expand_preset(preset, options, explicit)
     click.echo(f"Preset {name}: {preset['description']}")

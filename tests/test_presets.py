@@ -99,6 +99,22 @@ def test_explicit_options_override_a_preset_and_take_what_goes_with_them():
     assert options["warmup_epochs"] is None and train["warmup_lr"] == 1e-6
 
 
+@pytest.mark.parametrize("option, expected", [([], "pyra"), (["--bench-preset", "quick"], "quick")])
+def test_a_preset_overrides_an_environment_variable_and_the_command_line_overrides_the_preset(monkeypatch, option,
+                                                                                            expected):
+    from click.testing import CliRunner
+
+    from harness import cli
+
+    monkeypatch.setenv("ADAPTBENCH_BENCH_PRESET", "quick")
+    reached = {}
+    monkeypatch.setattr(cli, "_main", lambda **options: reached.update(options))
+    result = CliRunner().invoke(cli.main, ["--preset", "pyra-vit-b", *option])
+    assert result.exit_code == 0, result.output
+    assert presets.paper_presets()["pyra-vit-b"]["run"]["bench_preset"] == "pyra"
+    assert reached["bench_preset"] == expected
+
+
 def test_the_preset_reaches_the_plan_and_list_names_every_file():
     from click.testing import CliRunner
 

@@ -2,6 +2,7 @@
 ``python run.py report [RUNS]...`` analyses finished runs (see ``report --help``)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -31,7 +32,7 @@ from .progress import SweepProgress
 from .runner import WAIT_SECONDS, LocalExecutor, RunOptions, inline_executor, run_all, to_run, triage, worker_job
 from .slurm import CLUSTERS
 from .store import STATUS_OK, STATUS_RUNNING, RunStore, attempt_outcome, written_by
-from .train import LR_SCHEDULES, SELECTIONS
+from .train import LR_SCHEDULES, SELECTIONS, TrainConfig
 
 if TYPE_CHECKING:
     from .report import SuiteReport
@@ -162,7 +163,7 @@ MATCH_TOLERANCE = 0.10
 
 
 @main.command("run", cls=RunCommand, context_settings=CONTEXT, epilog=RUN_EPILOG)
-@click.option("--preset", type=click.Choice([*presets.paper_presets(), "list"]), default=None,
+@click.option("--preset", type=click.Choice([*presets.paper_preset_names(), "list"]), default=None,
               help="A paper's whole set-up (harness/presets/paper/): methods, tasks, levels, backbone, recipe, "
                    "normalisation, timing; any option given explicitly overrides it. The closing report sets the "
                    "board beside the paper's published figures where the preset lists them (report --paper). "
@@ -308,7 +309,55 @@ def run(**options: object) -> None:
 # they compress, warm-up and evaluation cadence with the epochs they divide (the planner derives them then), a
 # distilled backbone's loss with that backbone.
 PRESET_TIES = {"compression": "methods", "warmup_epochs": "epochs", "eval_every": "epochs",
-               "distilled_loss": "backbone"}
+               "distilled_loss": "backbone", "img_size": "backbone"}
+# What a [train] value that is no option must be, by its TrainConfig field's type (a float may be written 0).
+SETTING_KINDS = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def read_paper_preset(name: str, command: click.Command) -> dict:
+    """Paper preset ``name`` as its file says, checked against the run command: a ``description``, a ``[run]`` and
+    a ``[train]`` table, each key an option of ``command`` or a :class:`TrainConfig` field, each value what that
+    option or field takes (an option's value as its type converts it). Anything else is a :class:`UserError`
+    naming the file and the key."""
+    where = f"harness/presets/{presets.PAPER_DIR}/{name}.toml"
+    preset = presets.load(f"{presets.PAPER_DIR}/{name}")
+    if not isinstance(preset.get("description"), str) or not all(isinstance(preset.get(table), dict)
+                                                                   for table in ("run", "train")):
+        raise UserError(f"{where} needs a description (text), a [run] and a [train] table; see the shipped presets "
+                        f"beside it")
+    params = {param.name: param for param in command.params}
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    checked = {**preset, "run": {}, "train": {}}
+    for table in ("run", "train"):
+        for key, value in preset[table].items():
+            checked[table][key] = _preset_value(where, f"[{table}] {key}", value, params.get(key), fields.get(key))
+    settings = {key: value for key, value in {**checked["run"], **checked["train"]}.items()
+                if key in fields and key not in params}
+    try:
+        TrainConfig(**settings)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return checked
+
+
+def _preset_value(where: str, label: str, value: object, param: click.Parameter | None,
+                  field: dataclasses.Field | None) -> object:
+    """``value`` of a preset's ``label`` as the option ``param`` (first) or the training setting ``field`` takes it."""
+    if param is not None:
+        text = ",".join(map(str, value)) if isinstance(value, list) else value
+        try:
+            converted = param.type.convert(text, param, None)
+        except click.BadParameter as exc:
+            raise UserError(f"{where}: {label} = {value!r}: {exc.message}") from None
+        return value if isinstance(value, list) else converted
+    if field is None:
+        raise UserError(f"{where}: {label} is neither an option of the run command (see --help) nor a training "
+                        f"setting ({', '.join(f.name for f in dataclasses.fields(TrainConfig))}); remove or rename it")
+    kind = SETTING_KINDS[field.type]
+    if not isinstance(value, kind) or (isinstance(value, bool) and field.type != "bool"):
+        raise UserError(f"{where}: {label} = {value!r} is not {'an' if field.type == 'int' else 'a'} {field.type}; "
+                        f"write one there")
+    return value
 
 
 def expand_preset(preset: dict, options: dict, explicit: set[str]) -> tuple[dict, dict]:
@@ -334,18 +383,18 @@ def _with_preset(options: dict) -> dict:
     # Only the command line overrides a preset: an environment variable ($ADAPTBENCH_BENCH_PRESET=quick for smoke
     # runs) is a default, and a paper preset reproduces its paper's protocol over it.
     explicit = {key for key in options if context.get_parameter_source(key) is click.core.ParameterSource.COMMANDLINE}
-    preset = presets.paper_presets()[name]
+    preset = read_paper_preset(name, context.command)
     options, train_defaults = expand_preset(preset, options, explicit)
     click.echo(f"Preset {name}: {preset['description']}")
     # A preset reproduces a paper: where the preset lists what the paper reports, the run's report shows how close
     # it came.
-    paper = name if name in presets.published_presets() else None
+    paper = name if "published" in preset else None
     return {**options, "train_defaults": train_defaults, "list_presets": False, "paper": paper}
 
 
 def _print_presets() -> None:
-    for name, preset in presets.paper_presets().items():
-        click.echo(f"  {name:<14} {preset['description']}")
+    for name in presets.paper_preset_names():
+        click.echo(f"  {name:<14} {read_paper_preset(name, run)['description']}")
 
 
 def _main(methods: str, tasks: str, backbone: str | None, compression: str, epochs: int | None,
@@ -408,7 +457,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
                         normalization=normalization, weights=weights, threads=run_threads)
     store = RunStore(out)
     rerun = "all" if force else "failed" if rerun_failed else "missing"
-    todo = [config for config in configs if dry_run or to_run(store.read(config), rerun)]
+    todo = [config for config in configs if to_run(store.read(config), rerun)]
     timeable = resolved_device.type != "cuda" or torch.cuda.is_available()
     unestimated = None if timeable else "no GPU here to time"
     try:
@@ -420,7 +469,7 @@ def _main(methods: str, tasks: str, backbone: str | None, compression: str, epoc
     guess = f"estimated {_estimated_time(sum(expected.values()), sharing)}" if expected else \
         f"not estimated ({unestimated})" if unestimated else "not estimated"
     if dry_run:
-        _print_plan(configs, store, expected, resolved_device, unestimated, sharing)
+        _print_plan(configs, len(todo), store, expected, resolved_device, unestimated, sharing)
         if slurm is not None:
             from .slurm import sbatch_script
 
@@ -476,18 +525,23 @@ def _slurm_settings(partition: str | None, time_limit: str, gpus: int, cpus: int
                          cluster)
 
 
-def _print_plan(configs: list[RunConfig], store: RunStore, expected: dict[str, float], device: torch.device,
-                unestimated: str | None, parallel: int = 1) -> None:
-    """The plan, each run with its estimate and its state in the output folder."""
+def _print_plan(configs: list[RunConfig], to_do: int, store: RunStore, expected: dict[str, float],
+                device: torch.device, unestimated: str | None, parallel: int = 1) -> None:
+    """The plan, each run with its state in the output folder and, if it is to run (``to_do`` of them), its
+    estimate."""
     from .status import plan_states, tally
 
     states = plan_states(configs, store)
     click.echo("\n".join(describe_plan(configs, expected, states)))
     click.echo(f"In {store.folder}/: {tally([state for state, _ in states.values()])}")
+    kept = f"; not the {len(configs) - to_do} its records cover" if to_do < len(configs) else ""
     if expected:
         click.echo(f"Estimated wall time on {device}: {_estimated_time(sum(expected.values()), parallel)} for "
-                   f"{len(configs)} run(s), "
+                   f"the {to_do} run(s) to do{kept}, "
                    f"from a few timed steps of each distinct model (decoding and warm-up not included)")
+    elif not to_do:
+        click.echo("Nothing to run: the folder's records cover every run of the plan (--rerun-failed, --force run "
+                   "them again).")
     elif unestimated:
         click.echo(f"Not estimated: {unestimated}.")
 
@@ -634,7 +688,7 @@ def _migrate(runs: tuple[Path, ...], plugins: tuple[str, ...]) -> int:
               help="Adverse Compression: a verdict only for pairs whose small model runs within this fraction of "
                    "the compressed model's throughput (matched_throughput_ratio 0.9-1.1 by default); others are "
                    "'unmatched (ratio x)'.")
-@click.option("--paper", type=click.Choice(presets.published_presets()), default=None,
+@click.option("--paper", type=click.Choice(presets.paper_preset_names()), default=None,
               help="Also compare the board with the figures this paper preset lists as published "
                    "(harness/presets/paper/NAME.toml, [published]): accuracies ours - paper, and speed-ups, on the "
                    "preset's backbone and suite; writes paper_NAME.csv/.md. A run with --preset NAME does this.")

@@ -125,6 +125,13 @@ def test_the_dry_run_prints_the_estimate_and_the_run_compares_it_with_the_truth(
     result = CliRunner().invoke(main, common)
     summary = next(line for line in result.output.splitlines() if " ok, " in line)
     assert result.exit_code == 0 and "estimated" in summary
+    # the dry run estimates what the run would do: not the run the folder holds
+    again = CliRunner().invoke(main, [*common, "--dry-run", "--seeds", "0,1"])
+    assert again.exit_code == 0, again.output
+    assert "for the 1 run(s) to do; not the 1 its records cover" in again.output
+    assert [" s  -> " in line for line in again.output.splitlines() if line.startswith("[")] == [False, True]
+    done = CliRunner().invoke(main, [*common, "--dry-run"])
+    assert "Nothing to run" in done.output and "Estimated" not in done.output
 
 
 def test_with_parallel_jobs_the_estimate_compared_with_the_wall_time_is_shared_out_over_them():

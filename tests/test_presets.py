@@ -97,6 +97,61 @@ def test_explicit_options_override_a_preset_and_take_what_goes_with_them():
     assert "distilled_loss" not in expand_preset(deit, defaults, explicit={"backbone"})[1]
     assert options["compression"] is None and "warmup_epochs" not in train and "eval_every" not in train
     assert options["warmup_epochs"] is None and train["warmup_lr"] == 1e-6
+    # the input size is the preset backbone's: another backbone brings its own
+    assert expand_preset(preset, defaults, explicit=set())[0]["img_size"] == 224
+    assert expand_preset(preset, defaults, explicit={"backbone"})[0]["img_size"] is None
+
+
+SHIPPED = (presets.PRESETS_DIR / "paper" / "pyra-vit-b.toml").read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("this is = = bad\n", "is not valid TOML: Expected '=' after a key in a key/value pair (at line 1, column 6)"),
+    ('description = "x"\n[train]\nepochs = 1\n', "needs a description (text), a [run] and a [train] table"),
+    (SHIPPED.replace("epochs = 100", "epochs = 100\nbogus_key = 3"),
+     "[train] bogus_key is neither an option of the run command"),
+    (SHIPPED.replace('train_precision = "fp32"', 'train_precision = "fp64"'),
+     "[run] train_precision = 'fp64': 'fp64' is not one of 'fp32', 'bf16', 'fp16'"),
+    (SHIPPED.replace("epochs = 100", 'epochs = "ten"'), "[train] epochs = 'ten': 'ten' is not a valid integer"),
+    (SHIPPED.replace("warmup_lr = 1e-6", "warmup_lr = true"), "[train] warmup_lr = True is not a float"),
+    (SHIPPED.replace("eval_first = 1", "eval_first = -1"), "eval_first at least 0"),
+])
+def test_a_preset_file_that_is_not_a_preset_is_one_line_naming_the_file_and_the_key(tmp_path, monkeypatch, text,
+                                                                                     message):
+    from harness.cli import read_paper_preset
+    from harness.errors import UserError
+
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "mine.toml").write_text(text)
+    monkeypatch.setattr(presets, "PRESETS_DIR", tmp_path)
+    presets.load.cache_clear()
+    try:
+        with pytest.raises(UserError) as raised:
+            read_paper_preset("mine", run)
+    finally:
+        presets.load.cache_clear()
+    assert str(raised.value).startswith("harness/presets/paper/mine.toml") and message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_shipped_preset_reads_as_its_file_with_its_values_checked():
+    from harness.cli import read_paper_preset
+
+    for path in PAPER:
+        assert read_paper_preset(path.stem, run) == read(f"paper/{path.stem}")
+
+
+def test_the_command_line_is_built_without_reading_the_paper_presets(tmp_path):
+    import subprocess
+    import sys
+
+    # every paper preset unreadable: --help, and every command not given --preset, still work
+    probe = ("import harness.presets as p\nread = p.load.__wrapped__\n"
+             "def load(name):\n    if name.startswith('paper/'): raise SystemExit('read ' + name)\n"
+             "    return read(name)\np.load = load\nfrom harness.cli import main\n"
+             "main(['--help'], standalone_mode=False)\nmain(['report', '--help'], standalone_mode=False)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and "--preset" in done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("option, expected", [([], "pyra"), (["--bench-preset", "quick"], "quick")])

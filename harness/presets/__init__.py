@@ -18,15 +18,23 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from ..errors import UserError
+
 PRESETS_DIR = Path(__file__).resolve().parent
 
 
 PAPER_DIR = "paper"
 
 
+def paper_preset_names() -> list[str]:
+    """The paper presets' names, their files' stems, read without reading the files (the command line lists them
+    as it is built, before it can report a file it cannot read)."""
+    return [path.stem for path in sorted((PRESETS_DIR / PAPER_DIR).glob("*.toml"))]
+
+
 def paper_presets() -> dict[str, dict]:
     """Every paper preset by name (its file's stem), as its file says."""
-    return {path.stem: load(f"{PAPER_DIR}/{path.stem}") for path in sorted((PRESETS_DIR / PAPER_DIR).glob("*.toml"))}
+    return {name: load(f"{PAPER_DIR}/{name}") for name in paper_preset_names()}
 
 
 def published_presets() -> list[str]:
@@ -36,6 +44,10 @@ def published_presets() -> list[str]:
 
 @functools.cache
 def load(name: str) -> dict:
-    """The contents of ``<name>.toml`` (cached: presets are read-only at run time)."""
+    """The contents of ``<name>.toml`` (cached: presets are read-only at run time); a file that is not TOML is a
+    :class:`UserError` naming it and where."""
     with open(PRESETS_DIR / f"{name}.toml", "rb") as handle:
-        return tomllib.load(handle)
+        try:
+            return tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:  # its message ends "(at line L, column C)"
+            raise UserError(f"harness/presets/{name}.toml is not valid TOML: {exc}; mend it there") from None

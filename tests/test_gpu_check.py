@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -280,6 +282,39 @@ def test_an_older_timm_than_the_project_needs_stops_the_check_with_one_line(monk
     assert not any(tmp_path.iterdir())  # stopped before anything was measured or written
 
 
+# The machine a GPU is lent on runs the check with its own packages: one without submitit, one with an old timm.
+MACHINE_PACKAGES = textwrap.dedent('''
+    import importlib.metadata, os, sys
+
+    class Lacking:
+        def find_spec(self, name, path=None, target=None):
+            if name == os.environ.get("LACKING"):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Lacking())
+    if os.environ.get("TIMM_VERSION"):
+        version = importlib.metadata.version
+        importlib.metadata.version = lambda name: os.environ["TIMM_VERSION"] if name == "timm" else version(name)
+''')
+
+
+@pytest.mark.parametrize("machine, message", [
+    ({"LACKING": "submitit"}, "error: submitit is not installed; the check imports it"),
+    # an old timm whose modules harness imports from are not there: its version is what the line names
+    ({"TIMM_VERSION": "0.9.16", "LACKING": "timm.models._hub"},
+     "error: timm 0.9.16 is installed; adaptbench needs timm>=1.0.21"),
+])
+def test_a_machine_lacking_a_package_or_with_an_old_one_is_told_so_in_one_line(tmp_path, machine, message) -> None:
+    (tmp_path / "sitecustomize.py").write_text(MACHINE_PACKAGES)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, str(Path(gpu_check.__file__)), "--tiny", "--device", "cpu", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": path, **machine})
+    assert done.returncode == 2 and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_inference() -> tuple[dict, dict]:
     """The tiny run's inference models, and their GMACs as the check records them."""
@@ -307,12 +342,14 @@ def test_compiled_inference_times_full_and_tome_high_compiled_once_each(monkeypa
     gpu_check.section_compiled_inference(check, gpu_check.TINY, tiny_inference_models, gpu_check.TINY_BUDGETS,
                                          torch.device("cpu"))
     assert compiled == [tiny_inference_models["full"], tiny_inference_models["tome-high"]]
+    assert set(check.results["compile_seconds"]) == {"full", "tome-high"}  # each compiled on its own first
     rows = {row["variant"]: row for row in check.results["compiled_inference"]["bf16"]}
     assert set(rows) == {"full", "tome-high"} and rows["tome-high"]["gmacs_ratio"] > 3
     assert len(rows["tome-high"]["rounds"]) == gpu_check.TINY_BUDGETS.infer_rounds
     informational = [row for row in gpu_check.targets(check.results) if "compiled" in row["target"]]
     assert len(informational) == 1 and informational[0]["passed"] in (True, False)
-    assert "## Inference under torch.compile" in (tmp_path / "gpu_check.md").read_text()
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    assert "## Inference under torch.compile" in markdown and "compilation: full " in markdown
 
 
 def test_a_failing_compilation_is_recorded_once_per_model_and_not_retried(monkeypatch, tmp_path,
@@ -328,18 +365,26 @@ def test_a_failing_compilation_is_recorded_once_per_model_and_not_retried(monkey
     gpu_check.section_compiled_inference(check, gpu_check.TINY, tiny_inference_models, gpu_check.TINY_BUDGETS,
                                          torch.device("cpu"))
     assert [error["what"] for error in check.results["errors"]] == [
-        "compiled_inference full bf16 round 1", "compiled_inference tome-high bf16 round 1"]
-    assert check.results["compiled_inference"]["bf16"] == []
+        "compiled_inference full compilation", "compiled_inference tome-high compilation"]
+    assert "compiled_inference" not in check.results and check.results["compile_seconds"] == {}
 
 
-def test_compiled_inference_is_skipped_without_its_reserve_before_the_deadline(tmp_path, tiny_inference) -> None:
+def test_each_compilation_waits_for_its_reserve_before_the_deadline(monkeypatch, tmp_path, tiny_inference) -> None:
     tiny_inference_models, gmacs = tiny_inference
     check = _compiled_check(tmp_path, gmacs)
-    check.deadline_s = check.elapsed() + gpu_check.COMPILED_RESERVE_S / 2
+    compiled = []
+
+    def compile_slowly(model):  # the first compilation takes all but half the reserve
+        compiled.append(model)
+        check.deadline_s = check.elapsed() + gpu_check.COMPILED_RESERVE_S / 2
+        return model
+    monkeypatch.setattr(gpu_check.torch, "compile", compile_slowly)
     gpu_check.section_compiled_inference(check, gpu_check.TINY, tiny_inference_models, gpu_check.TINY_BUDGETS,
                                          torch.device("cpu"))
-    assert "compiled_inference" not in check.results
-    assert len(check.results["skipped"]) == 1 and check.results["skipped"][0].startswith("compiled inference")
+    assert compiled == [tiny_inference_models["full"]] and list(check.results["compile_seconds"]) == ["full"]
+    assert len(check.results["skipped"]) == 1 and check.results["skipped"][0].startswith(
+        "compiled inference tome-high (")
+    assert [row["variant"] for row in check.results["compiled_inference"]["bf16"]] == ["full"]
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -110,8 +110,8 @@ def unmet_requirements(names: tuple[str, ...] = ("torch", "timm")) -> list[str]:
 # A GPU machine runs the check with its own packages, not pip install's: before the imports below, which an older
 # timm (harness.backbones uses its helpers) or a package it lacks (GPU images seldom have submitit) would break
 # with a traceback, each is one line.
-if __name__ == "__main__" and unmet_requirements():
-    print("\n".join(f"error: {problem}" for problem in unmet_requirements()), file=sys.stderr)
+if __name__ == "__main__" and (unmet := unmet_requirements()):
+    print("\n".join(f"error: {problem}" for problem in unmet), file=sys.stderr)
     sys.exit(2)
 try:
     import timm
@@ -140,8 +140,9 @@ try:
 except ModuleNotFoundError as missing:
     if __name__ != "__main__":
         raise
-    print(f"error: {missing.name} is not installed; the check imports it (a dependency in pyproject.toml): pip "
-          f"install {missing.name} (where no package index is reachable, bring its wheel)", file=sys.stderr)
+    package = missing.name.split(".")[0]
+    print(f"error: {missing.name} is not installed; the check imports it: pip install {package} (where no package "
+          f"index is reachable, bring its wheel)", file=sys.stderr)
     sys.exit(2)
 
 SCHEMA = "adaptbench-gpu-check/1"
@@ -676,18 +677,13 @@ def section_compiled_inference(check: Check, scale: Scale, models: dict, budgets
                       section="compiled_inference")
 
 
-@torch.inference_mode()
 def first_forward_seconds(model: torch.nn.Module, scale: Scale, device: torch.device, precision: str) -> float:
-    """Seconds of one forward of ``model`` as :func:`inference_throughput` runs it (eval, inference mode, the
-    inference batch, ``precision``): a compiled model's compilation, which its measurement then reuses."""
-    images = torch.randn(scale.infer_batch, 3, scale.image_size, scale.image_size, device=device)
-    synchronize = device_synchronizer(device)
-    model.eval()
-    started = time.perf_counter()
-    with autocast(device, precision):
-        model(images)
-    synchronize()
-    return time.perf_counter() - started
+    """Seconds of one forward of ``model`` through :func:`inference_throughput`, unwarmed, as its measurement then
+    runs it: a compiled model's compilation, which the measurement reuses."""
+    once = MeasureConfig(batches=(scale.infer_batch,), precision=precision, warmup_iters=0, warmup_seconds=0.0,
+                         repeats=1, iters_per_repeat=1)
+    result = inference_throughput(model, scale.image_size, device, batch_size=scale.infer_batch, settings=once)
+    return result.batch_size / result.median
 
 
 def section_repeatability(check: Check, scale: Scale, models: dict, budgets: Budgets, device: torch.device) -> None:

@@ -310,7 +310,8 @@ def run(**options: object) -> None:
 # distilled backbone's loss with that backbone.
 PRESET_TIES = {"compression": "methods", "warmup_epochs": "epochs", "eval_every": "epochs",
                "distilled_loss": "backbone", "img_size": "backbone"}
-# What a [train] value that is no option must be, by its TrainConfig field's type (a float may be written 0).
+# What a [train] value that is no option must be, by its TrainConfig field's type (a float may be written 0); a
+# field of another type is left to TrainConfig's own checks.
 SETTING_KINDS = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 
@@ -352,8 +353,8 @@ def _preset_value(where: str, label: str, value: object, param: click.Parameter 
         return value if isinstance(value, list) else converted
     if field is None:
         raise UserError(f"{where}: {label} is neither an option of the run command (see --help) nor a training "
-                        f"setting ({', '.join(f.name for f in dataclasses.fields(TrainConfig))}); remove or rename it")
-    kind = SETTING_KINDS[field.type]
+                        f"setting ({', '.join(TrainConfig.__dataclass_fields__)}); remove or rename it")
+    kind = SETTING_KINDS.get(field.type, object)
     if not isinstance(value, kind) or (isinstance(value, bool) and field.type != "bool"):
         raise UserError(f"{where}: {label} = {value!r} is not {'an' if field.type == 'int' else 'a'} {field.type}; "
                         f"write one there")
